@@ -1,0 +1,1 @@
+"""Cross-cutting infrastructure: settings, errors, image decoding, metrics, the toy world."""

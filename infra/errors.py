@@ -1,0 +1,39 @@
+"""Typed exceptions raised by library code and mapped to HTTP / gRPC status codes at the edge."""
+
+from __future__ import annotations
+
+
+class VlmopsError(Exception):
+    """Base of every error vlmops raises on purpose."""
+
+    http_status: int = 500
+
+
+class InvalidInput(VlmopsError):
+    """The caller sent something we cannot use (bad image, empty text, ...)."""
+
+    http_status = 400
+
+
+class PayloadTooLarge(InvalidInput):
+    """An image or a batch over the configured limits."""
+
+    http_status = 413
+
+
+class NotFound(VlmopsError):
+    """An unknown registered model, version, alias or collection."""
+
+    http_status = 404
+
+
+class ModelFormatError(VlmopsError):
+    """A stored model cannot be read (missing files, wrong family)."""
+
+    http_status = 500
+
+
+class NotReady(VlmopsError):
+    """The component has not finished starting."""
+
+    http_status = 503

@@ -1,0 +1,59 @@
+"""Settings: environment variables prefixed ``VLMOPS_``, nested with ``__``; state under ``VLMOPS_HOME``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EmbeddingSettings(BaseModel):
+    """The embedding service (``VLMOPS_EMBEDDING__*``)."""
+
+    model_name: str = "vlmops-clip"
+    max_batch_size: int = Field(64, ge=1)
+    max_latency_ms: int = Field(200, ge=1)
+    refresh_interval_s: float = Field(10.0, gt=0, description="how often `production` is re-resolved")
+    version_cache_size: int = Field(3, ge=1, description="pinned versions kept loaded besides production")
+    max_items: int = Field(256, ge=1, description="items in one request")
+    max_text_chars: int = Field(2048, ge=1, description="longer texts are rejected; texts over the model's context are truncated")
+    max_labels: int = Field(256, ge=1)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
+    decode_threads: int = Field(2, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Path(".vlmops")
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite under VLMOPS_HOME")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    embedding: EmbeddingSettings = EmbeddingSettings()
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.home.resolve() / "mlartifacts").as_uri()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.home.resolve() / "model-cache"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

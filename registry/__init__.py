@@ -1,0 +1,1 @@
+"""Model families (one module per family behind one small interface) and the MLflow store."""
