@@ -1,0 +1,283 @@
+"""The MLflow model registry: register versions with lineage tags, resolve aliases, promote, roll back.
+
+Aliases ``candidate`` and ``production`` (MLflow stages are deprecated and not used). Every
+promotion and rollback is appended to the registered model's tags as an event (when, from which
+version, to which, why), so the production history is kept in the registry itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from infra.errors import InvalidInput, NotFound
+from infra.settings import Settings
+from registry.families import ModelFamily, load_model
+
+log = logging.getLogger(__name__)
+
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+EXPERIMENT = "vlmops-registry"
+EVENT_PREFIX = "vlmops.event."
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    created_ms: int = 0
+
+    @property
+    def family(self) -> str:
+        return self.tags.get("family", "")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class RegistryEvent:
+    action: str  # promote | rollback
+    version: str
+    previous: str | None
+    reason: str
+    at: float
+    forced: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def _info(mv: ModelVersion) -> VersionInfo:
+    return VersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        source=mv.source,
+        tags=dict(mv.tags or {}),
+        aliases=tuple(mv.aliases or ()),
+        created_ms=int(mv.creation_timestamp or 0),
+    )
+
+
+def _is_not_found(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+class RegistryStore:
+    """Model versions in MLflow, and a local cache of their downloaded files."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str, cache_dir: Path) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.cache_dir = cache_dir
+        self._download_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryStore:
+        settings.ensure_home()
+        return cls(settings.tracking_uri, settings.artifact_root, settings.model_cache_dir)
+
+    # ------------------------------------------------------------------ write
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            return str(exp.experiment_id)
+        try:
+            return str(self.client.create_experiment(EXPERIMENT, artifact_location=self.artifact_root))
+        except MlflowException:  # created by a concurrent caller
+            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
+    def register(
+        self,
+        name: str,
+        model: ModelFamily,
+        tags: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        description: str = "",
+        set_candidate: bool = True,
+    ) -> VersionInfo:
+        """Log ``model`` as run artifacts and register it as a new version of ``name``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_ARTIFACT
+            model.save(path)
+            return self.register_dir(name, path, tags, metrics, description, set_candidate)
+
+    def register_dir(
+        self,
+        name: str,
+        path: Path,
+        tags: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        description: str = "",
+        set_candidate: bool = True,
+    ) -> VersionInfo:
+        """Register a directory written by a family's ``save`` as a new version of ``name``."""
+        from registry.families import read_manifest
+
+        manifest = read_manifest(path)
+        all_tags = {k: str(v) for k, v in manifest.items()} | {k: str(v) for k, v in (tags or {}).items()}
+        all_tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (metrics or {}).items()}
+        run = self.client.create_run(self._experiment_id(), run_name=f"register-{name}", tags={"vlmops.model": name})
+        try:
+            for key, value in all_tags.items():
+                self.client.log_param(run.info.run_id, key[:250], value[:6000])
+            for key, value in (metrics or {}).items():
+                self.client.log_metric(run.info.run_id, key, float(value))
+            self.client.log_artifacts(run.info.run_id, str(path), MODEL_ARTIFACT)
+        except Exception:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT}"
+        mv = self.client.create_model_version(
+            name, source=source, run_id=run.info.run_id, tags=all_tags, description=description
+        )
+        if set_candidate:
+            self.client.set_registered_model_alias(name, CANDIDATE, mv.version)
+        log.info("registered %s version %s", name, mv.version)
+        return self.get(name, str(mv.version))
+
+    # ------------------------------------------------------------------ read
+    def get(self, name: str, version: str) -> VersionInfo:
+        if not str(version).isdigit():
+            raise NotFound(f"model version must be a positive integer, got {version!r}")
+        try:
+            return _info(self.client.get_model_version(name, str(version)))
+        except MlflowException as exc:
+            if _is_not_found(exc):
+                raise NotFound(f"model {name!r} has no version {version!r}") from exc
+            raise
+
+    def by_alias(self, name: str, alias: str) -> VersionInfo:
+        try:
+            return _info(self.client.get_model_version_by_alias(name, alias))
+        except MlflowException as exc:
+            if _is_not_found(exc):
+                raise NotFound(f"model {name!r} has no version with alias {alias!r}") from exc
+            raise
+
+    def resolve(self, ref: str) -> VersionInfo:
+        """``name@alias``, ``name/version`` or ``name`` (= ``name@production``)."""
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return self.by_alias(name, alias)
+        if "/" in ref:
+            name, version = ref.rsplit("/", 1)
+            return self.get(name, version)
+        return self.by_alias(ref, PRODUCTION)
+
+    def versions(self, name: str | None = None) -> list[VersionInfo]:
+        query = f"name = '{name}'" if name else ""
+        found = self.client.search_model_versions(query) if query else self.client.search_model_versions()
+        return sorted((_info(mv) for mv in found), key=lambda v: (v.name, int(v.version)))
+
+    def model_names(self) -> list[str]:
+        return sorted(rm.name for rm in self.client.search_registered_models())
+
+    # ------------------------------------------------------------------ aliases
+    def events(self, name: str) -> list[RegistryEvent]:
+        try:
+            rm = self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if _is_not_found(exc):
+                raise NotFound(f"no registered model {name!r}") from exc
+            raise
+        items = sorted((k, v) for k, v in (rm.tags or {}).items() if k.startswith(EVENT_PREFIX))
+        return [RegistryEvent(**json.loads(v)) for _, v in items]
+
+    def _record(self, name: str, event: RegistryEvent) -> None:
+        key = f"{EVENT_PREFIX}{int(event.at * 1e6):020d}.{uuid.uuid4().hex[:6]}"
+        self.client.set_registered_model_tag(name, key, event.to_json())
+
+    def _production_version(self, name: str) -> str | None:
+        try:
+            return self.by_alias(name, PRODUCTION).version
+        except NotFound:
+            return None
+
+    def promote(self, name: str, version: str, reason: str = "", forced: bool = False) -> RegistryEvent:
+        """Point ``production`` at ``version`` and record the event."""
+        target = self.get(name, version)
+        previous = self._production_version(name)
+        if previous == target.version:
+            raise InvalidInput(f"{name} version {version} is already in production")
+        self.client.set_registered_model_alias(name, PRODUCTION, target.version)
+        if CANDIDATE in target.aliases:
+            self.client.delete_registered_model_alias(name, CANDIDATE)
+        event = RegistryEvent("promote", target.version, previous, reason, time.time(), forced)
+        self._record(name, event)
+        self.client.set_model_version_tag(name, target.version, "promoted_at", f"{event.at:.3f}")
+        return event
+
+    def production_stack(self, name: str) -> list[str]:
+        """Versions that were production, oldest first; the last is production now."""
+        stack: list[str] = []
+        for event in self.events(name):
+            if event.action == "promote":
+                stack.append(event.version)
+            elif event.action == "rollback" and stack:
+                stack.pop()
+        return stack
+
+    def rollback(self, name: str, reason: str = "") -> RegistryEvent:
+        """Move ``production`` back to the version it pointed at before the last promotion."""
+        stack = self.production_stack(name)
+        if len(stack) < 2:
+            raise InvalidInput(f"{name} has no earlier production version to roll back to")
+        current, previous = stack[-1], stack[-2]
+        self.client.set_registered_model_alias(name, PRODUCTION, previous)
+        event = RegistryEvent("rollback", previous, current, reason, time.time())
+        self._record(name, event)
+        return event
+
+    # ------------------------------------------------------------------ files
+    def download(self, info: VersionInfo) -> Path:
+        """The version's files in the local cache (downloaded once, atomically)."""
+        target = self.cache_dir / info.name / info.version
+        if target.is_dir():
+            return target
+        with self._download_lock:
+            if target.is_dir():
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{info.version}-"))
+            try:
+                got = Path(download_artifacts(artifact_uri=info.source, dst_path=str(tmp)))
+                got.rename(target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def load(self, info: VersionInfo, device: str = "cpu") -> ModelFamily:
+        return load_model(self.download(info), device)
+
+    def describe(self, info: VersionInfo) -> dict[str, Any]:
+        return {"name": info.name, "version": info.version, "aliases": list(info.aliases), **info.tags}

@@ -1,0 +1,1 @@
+"""BentoML services (one module per service), their request/response schemas, and the CLI."""

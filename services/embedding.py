@@ -1,0 +1,187 @@
+"""The embedding service: CLIP text and image embeddings and zero-shot classification over HTTP.
+
+Serves the ``production`` version of the registered CLIP model named in settings and any version
+a request pins. Every API is batchable: BentoML's adaptive batcher merges concurrent requests, and
+a merged batch is split by model version before it reaches a model. Items validate themselves
+(see ``services.schemas``) before they join a batch.
+
+    bentoml serve services.embedding:EmbeddingService --port 3000
+    vlmops serve embedding --port 3000
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
+
+import bentoml
+import torch
+from pydantic import Field
+
+from infra.settings import Settings, resolve_device
+from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
+from registry.store import RegistryStore, VersionInfo
+from services.edge import http_errors
+from services.model_pool import Loaded, ModelPool
+from services.schemas import Classification, ImageEmbedding, TextEmbedding, VersionCheck, build_request_schemas
+
+log = logging.getLogger(__name__)
+
+SETTINGS = Settings()
+LIMITS = SETTINGS.embedding
+BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latency_ms": LIMITS.max_latency_ms}
+T = TypeVar("T")
+
+
+def _running_version_check() -> VersionCheck | None:
+    try:
+        service = bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:
+        return None
+    pool = getattr(service, "pool", None)
+    return pool.check_version if isinstance(pool, ModelPool) else None
+
+
+SCHEMAS = build_request_schemas(LIMITS, _running_version_check)
+TextItem = SCHEMAS.TextItem
+ImageItem = SCHEMAS.ImageItem
+ClassifyItem = SCHEMAS.ClassifyItem
+TextItems = Annotated[list[TextItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
+ImageItems = Annotated[list[ImageItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
+ClassifyItems = Annotated[list[ClassifyItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
+
+ITEMS_TOTAL = bentoml.metrics.Counter(
+    name="vlmops_embedding_items_total",
+    documentation="items embedded, by operation and model version",
+    labelnames=["operation", "version"],
+)
+
+
+def by_version(items: Sequence[Any]) -> dict[str | None, list[int]]:
+    groups: dict[str | None, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        groups[item.model_version].append(i)
+    return groups
+
+
+@bentoml.service(name="vlmops-embedding", traffic={"timeout": 120}, workers=1)
+class EmbeddingService:
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        self.device = resolve_device(SETTINGS.device)
+        self.store = RegistryStore.from_settings(SETTINGS)
+        self.pool: ModelPool[ClipModel] = ModelPool(
+            self.store,
+            LIMITS.model_name,
+            self._load,
+            cache_size=LIMITS.version_cache_size,
+            refresh_interval_s=LIMITS.refresh_interval_s,
+        )
+        self.pool.on_load = self._warm_up
+        self.preprocess_pool = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="preprocess")
+        self.pool.start()
+
+    def _load(self, info: VersionInfo) -> ClipModel:
+        model = self.store.load(info, self.device)
+        if not isinstance(model, ClipModel):
+            raise TypeError(f"{info.ref} is a {info.family!r} model, not clip")
+        return model
+
+    @staticmethod
+    def _warm_up(loaded: Loaded[ClipModel]) -> None:
+        loaded.model.label_embeddings(["warm", "up"])
+
+    def __is_ready__(self) -> bool:
+        return self.pool.ready
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.pool.stop()
+        self.preprocess_pool.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ helpers
+    def _per_version(self, items: Sequence[Any], run: Callable[[Loaded[ClipModel], list[Any]], list[T]]) -> list[T]:
+        out: list[T | None] = [None] * len(items)
+        with http_errors():
+            for version, idx in by_version(items).items():
+                loaded = self.pool.get(version)
+                for i, result in zip(idx, run(loaded, [items[i] for i in idx]), strict=True):
+                    out[i] = result
+        return [o for o in out if o is not None]
+
+    def _pixels(self, model: ClipModel, items: list[Any]) -> torch.Tensor:
+        return torch.stack(list(self.preprocess_pool.map(lambda it: model.preprocess(it.pil), items)))
+
+    def _name(self, loaded: Loaded[ClipModel]) -> str:
+        return loaded.info.name
+
+    # ------------------------------------------------------------------ APIs
+    @bentoml.api(**BATCH)
+    def embed_text(self, items: TextItems) -> list[TextEmbedding]:
+        """Texts → L2-normalised vectors. Texts over the model's context are cut (``truncated``)."""
+
+        def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[TextEmbedding]:
+            vectors, truncated = loaded.model.encode_text([it.text for it in group])
+            ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
+            return [
+                TextEmbedding(vector=v, dim=len(v), model=self._name(loaded), version=loaded.version, truncated=t)
+                for v, t in zip(vectors.cpu().tolist(), truncated, strict=True)
+            ]
+
+        return self._per_version(items, run)
+
+    @bentoml.api(**BATCH)
+    def embed_image(self, items: ImageItems) -> list[ImageEmbedding]:
+        """Images (base64 files) → L2-normalised vectors."""
+
+        def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[ImageEmbedding]:
+            vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
+            ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
+            return [
+                ImageEmbedding(vector=v, dim=len(v), model=self._name(loaded), version=loaded.version)
+                for v in vectors.cpu().tolist()
+            ]
+
+        return self._per_version(items, run)
+
+    @bentoml.api(**BATCH)
+    def classify(self, items: ClassifyItems) -> list[Classification]:
+        """Zero-shot classification: image + candidate labels (+ prompt templates) → probabilities."""
+
+        def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[Classification]:
+            model = loaded.model
+            image_emb = model.encode_pixels(self._pixels(model, group))
+            results = []
+            for emb, it in zip(image_emb, group, strict=True):
+                label_emb = model.label_embeddings(it.labels, it.templates or DEFAULT_TEMPLATES)
+                probs = model.classify_embeddings(emb[None], label_emb)[0].cpu().tolist()
+                order = sorted(range(len(probs)), key=lambda k: -probs[k])
+                results.append(
+                    Classification(
+                        labels=[it.labels[k] for k in order],
+                        probs=[probs[k] for k in order],
+                        top_label=it.labels[order[0]],
+                        model=self._name(loaded),
+                        version=loaded.version,
+                    )
+                )
+            ITEMS_TOTAL.labels(operation="classify", version=loaded.version).inc(len(group))
+            return results
+
+        return self._per_version(items, run)
+
+    @bentoml.api(route="/models")
+    def models(self) -> dict[str, Any]:
+        """Which versions this replica holds, and which is production."""
+        with http_errors():
+            prod = self.pool.production
+        return {
+            "model": self.pool.name,
+            "production": prod.version,
+            "loaded": self.pool.loaded_versions(),
+            "device": self.device,
+            "info": prod.model.describe(),
+        }

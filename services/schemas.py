@@ -1,0 +1,130 @@
+"""Request and response schemas of the embedding service.
+
+Request items validate themselves before they reach the batcher, so one bad request is answered
+with its own 4xx and never fails the batch it would have joined. Limits come from settings, so the
+item classes are built by :func:`build_request_schemas`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+
+from infra.errors import InvalidInput
+from infra.images import decode_base64, decode_image
+from infra.settings import EmbeddingSettings
+from services.edge import validating
+
+VersionCheck = Callable[[str], None]
+
+
+class TextEmbedding(BaseModel):
+    vector: list[float]
+    dim: int
+    model: str
+    version: str
+    truncated: bool = Field(False, description="the text was longer than the model's context and was cut")
+
+
+class ImageEmbedding(BaseModel):
+    vector: list[float]
+    dim: int
+    model: str
+    version: str
+
+
+class Classification(BaseModel):
+    labels: list[str] = Field(description="candidate labels, most probable first")
+    probs: list[float]
+    top_label: str
+    model: str
+    version: str
+
+
+@dataclass(frozen=True)
+class RequestSchemas:
+    TextItem: type[BaseModel]
+    ImageItem: type[BaseModel]
+    ClassifyItem: type[BaseModel]
+
+
+def _clean_text(text: str, limit: int, what: str = "text") -> str:
+    if not text.strip():
+        raise InvalidInput(f"{what} is empty")
+    if len(text) > limit:
+        raise InvalidInput(f"{what} is {len(text)} characters, over the limit of {limit}")
+    return text
+
+
+def build_request_schemas(limits: EmbeddingSettings, version_check: Callable[[], VersionCheck | None]) -> RequestSchemas:
+    """Item classes bound to ``limits``; ``version_check`` returns the running service's checker (or None)."""
+
+    class Pinned(BaseModel):
+        model_version: str | None = Field(None, description="pin a registered version; default: production")
+
+        @model_validator(mode="after")
+        @validating
+        def _known_version(self) -> Any:
+            check = version_check()
+            if self.model_version is not None and check is not None:
+                check(self.model_version)
+            return self
+
+    class TextItem(Pinned):
+        text: str = Field(description=f"at most {limits.max_text_chars} characters; over the model's context: cut")
+
+        @field_validator("text")
+        @classmethod
+        @validating
+        def _text(cls, v: str) -> str:
+            return _clean_text(v, limits.max_text_chars)
+
+    class ImageItem(Pinned):
+        image: str = Field(description="base64 of the image file (PNG, JPEG, WebP, ...)")
+        _decoded: Image.Image | None = PrivateAttr(None)
+
+        @model_validator(mode="after")
+        @validating
+        def _decode(self) -> Any:
+            raw = decode_base64(self.image)
+            self._decoded = decode_image(raw, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+            return self
+
+        @property
+        def pil(self) -> Image.Image:
+            if self._decoded is None:
+                raise InvalidInput("image was not decoded")
+            return self._decoded
+
+    class ClassifyItem(ImageItem):
+        labels: list[str] = Field(min_length=2, max_length=limits.max_labels)
+        templates: list[str] | None = Field(None, description="prompt templates with one '{}'; default: built-in set")
+
+        @field_validator("labels")
+        @classmethod
+        @validating
+        def _labels(cls, v: list[str]) -> list[str]:
+            for label in v:
+                _clean_text(label, limits.max_text_chars, "label")
+            if len(set(v)) != len(v):
+                raise InvalidInput("labels must be distinct")
+            return v
+
+        @field_validator("templates")
+        @classmethod
+        @validating
+        def _templates(cls, v: list[str] | None) -> list[str] | None:
+            if v is None:
+                return v
+            if not v:
+                raise InvalidInput("templates is empty: omit it for the built-in set")
+            for t in v:
+                if t.count("{}") != 1:
+                    raise InvalidInput(f"template {t!r} must hold exactly one '{{}}'")
+            return v
+
+    return RequestSchemas(TextItem, ImageItem, ClassifyItem)
