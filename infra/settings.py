@@ -17,7 +17,9 @@ class EmbeddingSettings(BaseModel):
     refresh_interval_s: float = Field(10.0, gt=0, description="how often `production` is re-resolved")
     version_cache_size: int = Field(3, ge=1, description="pinned versions kept loaded besides production")
     max_items: int = Field(256, ge=1, description="items in one request")
-    max_text_chars: int = Field(2048, ge=1, description="longer texts are rejected; texts over the model's context are truncated")
+    max_text_chars: int = Field(
+        2048, ge=1, description="longer texts are rejected; texts over the model's context are truncated"
+    )
     max_labels: int = Field(256, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")

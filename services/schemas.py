@@ -60,7 +60,9 @@ def _clean_text(text: str, limit: int, what: str = "text") -> str:
     return text
 
 
-def build_request_schemas(limits: EmbeddingSettings, version_check: Callable[[], VersionCheck | None]) -> RequestSchemas:
+def build_request_schemas(
+    limits: EmbeddingSettings, version_check: Callable[[], VersionCheck | None]
+) -> RequestSchemas:
     """Item classes bound to ``limits``; ``version_check`` returns the running service's checker (or None)."""
 
     class Pinned(BaseModel):

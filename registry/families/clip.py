@@ -63,7 +63,9 @@ class ClipModel(ModelFamily):
         self.device = device
         self.precision = precision
         self.tokenizer = tokenizer
-        self.transform: Callable[[Image.Image], torch.Tensor] = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+        self.transform: Callable[[Image.Image], torch.Tensor] = image_transform_v2(
+            PreprocessCfg(**preprocess_cfg), is_train=False
+        )
         self._label_cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = OrderedDict()
         self._label_lock = threading.Lock()
 
@@ -234,7 +236,9 @@ def encode_text_cut(m: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
     x = m.transformer(x, attn_mask=mask)
     x = m.ln_final(x)
-    x = open_clip.transformer.text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+    x = open_clip.transformer.text_global_pool(
+        x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None)
+    )
     if m.text_projection is not None:
         x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
     return x

@@ -1,0 +1,39 @@
+# vlmops: `make demo` and `make test` set everything up on a fresh machine (Python 3.11, a .venv).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench serve k8s clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: pip takes the pinned wheels from this machine's disk
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/vlmops demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -rs
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m bench.embedding
+
+serve: setup
+	$(BIN)/vlmops serve embedding --port 3000
+
+k8s:
+	kubectl kustomize k8s/overlays/cpu-dev > /dev/null && kubectl kustomize k8s/overlays/gpu-prod > /dev/null
+
+clean:
+	rm -rf $(VENV) .vlmops .pytest_cache .ruff_cache

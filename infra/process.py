@@ -1,0 +1,111 @@
+"""Start a BentoML service as a real server process on a free port, wait until it is ready, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+SERVICES: dict[str, str] = {
+    "embedding": "services.embedding:EmbeddingService",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_target(name: str) -> str:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        raise ValueError(f"unknown service {name!r} (known: {', '.join(SERVICES)})") from None
+
+
+def serve_command(name: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    bentoml = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml), "serve", service_target(name), "--host", host, "--port", str(port)]
+
+
+class ServiceProcess:
+    """``with ServiceProcess("embedding", env={...}) as svc: httpx.get(svc.url + "/readyz")``"""
+
+    def __init__(
+        self,
+        name: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be ready."""
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            serve_command(self.name, self.port),
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_live(self) -> None:
+        self._wait("livez")
+
+    def wait_ready(self) -> None:
+        self._wait("readyz")
+
+    def _wait(self, probe: str) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} service exited with code {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/{probe}", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"{self.name} service not {probe} after {self.ready_timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,169 @@
+"""The ``vlmops`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from infra.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="log at INFO level")
+def main(verbose: bool) -> None:
+    """vlmops: serve, track and promote vision-language models."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command("train-toy")
+@click.option("--register/--no-register", default=True, help="register the result in the model registry")
+@click.option("--promote", is_flag=True, help="promote the registered version to production")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="train again even when a trained toy model is cached")
+def train_toy(register: bool, promote: bool, seed: int, force: bool) -> None:
+    """Train the tiny toy CLIP on the toy world (about 2 minutes on 2 cores)."""
+    from services.demo import ensure_toy_clip, register_toy
+
+    settings = _settings()
+    model, metrics = ensure_toy_clip(settings, seed=seed, force=force)
+    click.echo(json.dumps(metrics, indent=2))
+    if register:
+        info = register_toy(settings, model, metrics, seed=seed, promote=promote)
+        click.echo(f"registered {info.name} version {info.version}{' (production)' if promote else ''}")
+
+
+@main.group()
+def models() -> None:
+    """The model registry: register, list, promote, roll back."""
+
+
+@models.command("register")
+@click.argument("name")
+@click.option("--family", default="clip", show_default=True)
+@click.option(
+    "--source",
+    required=True,
+    help="a directory saved by vlmops or open_clip (local-dir layout), or an open_clip architecture name",
+)
+@click.option("--pretrained", default=None, help="open_clip pretrained tag or weights file (with an architecture name)")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable (e.g. dataset_hash=..., base_version=...)")
+@click.option("--promote", is_flag=True)
+def models_register(
+    name: str, family: str, source: str, pretrained: str | None, tags: tuple[str, ...], promote: bool
+) -> None:
+    """Register a model version from a local directory or an open_clip name + pretrained tag."""
+    from registry.families import family_class
+    from registry.families.clip import ClipModel
+    from registry.store import RegistryStore
+
+    store = RegistryStore.from_settings(_settings())
+    cls = family_class(family)
+    path = Path(source)
+    if path.is_dir():
+        model = cls.load(path)
+        origin = str(path.resolve())
+    elif cls is ClipModel:
+        model = ClipModel.from_pretrained(source, pretrained)
+        origin = f"open_clip:{source}:{pretrained or 'random'}"
+    else:
+        raise click.BadParameter(f"{source} is not a directory", param_hint="--source")
+    extra = dict(t.split("=", 1) for t in tags if "=" in t)
+    info = store.register(name, model, tags={"source": origin, **extra})
+    click.echo(f"registered {name} version {info.version}")
+    if promote:
+        store.promote(name, info.version, reason="registered with --promote")
+        click.echo(f"promoted {name} version {info.version} to production")
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def models_list(name: str | None, as_json: bool) -> None:
+    """List registered versions with their aliases and tags."""
+    from registry.store import RegistryStore
+
+    store = RegistryStore.from_settings(_settings())
+    versions = store.versions(name)
+    if as_json:
+        click.echo(json.dumps([store.describe(v) for v in versions], indent=2))
+        return
+    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<22} {'family':<6} {'architecture':<20} dim")
+    for v in versions:
+        click.echo(
+            f"{v.name:<24} {v.version:>7}  {','.join(v.aliases):<22} {v.family:<6} "
+            f"{v.tags.get('architecture', ''):<20} {v.tags.get('embed_dim', '')}"
+        )
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", default="", help="recorded with the event")
+def models_promote(name: str, version: str, reason: str) -> None:
+    """Point the ``production`` alias at VERSION (the event is recorded in the registry)."""
+    from registry.store import RegistryStore
+
+    event = RegistryStore.from_settings(_settings()).promote(name, version, reason=reason)
+    click.echo(f"{name}: production {event.previous or '-'} -> {event.version}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--reason", default="", help="recorded with the event")
+def models_rollback(name: str, reason: str) -> None:
+    """Move ``production`` back to the version before the last promotion."""
+    from registry.store import RegistryStore
+
+    event = RegistryStore.from_settings(_settings()).rollback(name, reason=reason)
+    click.echo(f"{name}: production {event.previous} -> {event.version} (rolled back)")
+
+
+@main.command()
+@click.argument("service", type=click.Choice(["embedding"]))
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True)
+def serve(service: str, port: int, host: str) -> None:
+    """Start a service (``bentoml serve`` of its module) in the foreground."""
+    from infra.process import serve_command
+
+    cmd = serve_command(service, port, host)
+    os.execv(cmd[0], cmd)
+
+
+@main.command()
+@click.option("--seed", default=0, show_default=True)
+def demo(seed: int) -> None:
+    """Train (first run) or load the toy CLIP, register + promote it, serve it, and use it over HTTP."""
+    from services.demo import run_demo
+
+    sys.exit(run_demo(_settings(), seed=seed))
+
+
+def _handle_errors() -> None:
+    from infra.errors import VlmopsError
+
+    try:
+        main(standalone_mode=False)
+    except VlmopsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    _handle_errors()

@@ -1,0 +1,100 @@
+"""A typed HTTP client of the embedding service (used by the CLI, the demo, tests and benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from infra.errors import InvalidInput, NotFound, PayloadTooLarge, VlmopsError
+from infra.images import to_base64
+
+
+class ServiceError(VlmopsError):
+    """The service answered with an error status; ``status`` and the service's message are kept."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.http_status = status
+        self.message = message
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        body = resp.text
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        message = str(body[0].get("error", body))
+    elif isinstance(body, dict):
+        message = "; ".join([str(body.get("error", ""))] + [str(d.get("msg")) for d in body.get("detail", [])])
+    else:
+        message = str(body)
+    match resp.status_code:
+        case 404:
+            raise NotFound(message)
+        case 413:
+            raise PayloadTooLarge(message)
+        case 400 | 422:
+            raise InvalidInput(message)
+        case _:
+            raise ServiceError(resp.status_code, message)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray
+    versions: list[str]
+    model: str
+    truncated: list[bool]
+
+
+class EmbeddingClient:
+    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def post(self, route: str, payload: dict[str, Any]) -> Any:
+        resp = self.http.post(route, json=payload)
+        _raise_for(resp)
+        return resp.json()
+
+    @staticmethod
+    def _embeddings(rows: list[dict[str, Any]]) -> Embeddings:
+        return Embeddings(
+            vectors=np.asarray([r["vector"] for r in rows], dtype=np.float32),
+            versions=[r["version"] for r in rows],
+            model=rows[0]["model"] if rows else "",
+            truncated=[bool(r.get("truncated", False)) for r in rows],
+        )
+
+    def embed_text(self, texts: Sequence[str], model_version: str | None = None) -> Embeddings:
+        items = [{"text": t, "model_version": model_version} for t in texts]
+        return self._embeddings(self.post("/embed_text", {"items": items}))
+
+    def embed_image(self, images: Sequence[bytes], model_version: str | None = None) -> Embeddings:
+        items = [{"image": to_base64(b), "model_version": model_version} for b in images]
+        return self._embeddings(self.post("/embed_image", {"items": items}))
+
+    def classify(
+        self,
+        images: Sequence[bytes],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        model_version: str | None = None,
+    ) -> list[dict[str, Any]]:
+        items = [
+            {"image": to_base64(b), "labels": list(labels), "templates": templates, "model_version": model_version}
+            for b in images
+        ]
+        return list(self.post("/classify", {"items": items}))
+
+    def models(self) -> dict[str, Any]:
+        return dict(self.post("/models", {}))

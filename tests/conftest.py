@@ -1,0 +1,70 @@
+"""Shared fixtures: the trained toy CLIP (trained once, cached under ./.vlmops), registries, services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.settings import Settings
+from registry.families.clip import ClipModel
+from registry.store import RegistryStore
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def toy_clip() -> tuple[ClipModel, dict[str, float]]:
+    """The trained toy CLIP: from the demo's cache when present, else trained now (about 2 minutes)."""
+    from services.demo import ensure_toy_clip
+
+    return ensure_toy_clip(Settings(home=REPO / ".vlmops"))
+
+
+@pytest.fixture()
+def random_clip() -> ClipModel:
+    return ClipModel.from_pretrained("vlmops-toy-clip", seed=1)
+
+
+def make_settings(home: Path, **env: object) -> Settings:
+    return Settings(home=home, **env)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def sqlite_store(tmp_path: Path) -> RegistryStore:
+    return RegistryStore.from_settings(make_settings(tmp_path / "home"))
+
+
+def _postgres_database() -> Iterator[str]:
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - psycopg2 is a dependency
+        pytest.skip("psycopg2 is not installed")
+    try:
+        admin = psycopg2.connect(POSTGRES_ADMIN, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    admin.autocommit = True
+    name = f"vlmops_test_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryStore]:
+    """A registry on sqlite, and on the machine's PostgreSQL when it is reachable."""
+    home = tmp_path / "home"
+    if request.param == "sqlite":
+        yield RegistryStore.from_settings(make_settings(home))
+        return
+    for uri in _postgres_database():
+        yield RegistryStore.from_settings(make_settings(home, mlflow_tracking_uri=uri))

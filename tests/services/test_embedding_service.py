@@ -1,0 +1,241 @@
+"""Contract tests: the embedding service as a real ``bentoml serve`` process on a free port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from infra.errors import InvalidInput, NotFound, PayloadTooLarge
+from infra.images import encode_png
+from infra.process import ServiceProcess
+from infra.toyworld import Domain, Split, ToyWorld, class_labels
+from registry.families.clip import ClipModel
+from registry.store import RegistryStore
+from services.client import EmbeddingClient
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow
+MODEL = "vlmops-clip"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedding-home")
+
+
+@pytest.fixture(scope="module")
+def registry(home: Path, toy_clip: tuple[ClipModel, dict[str, float]]) -> RegistryStore:
+    store = RegistryStore.from_settings(make_settings(home))
+    model, metrics = toy_clip
+    info = store.register(MODEL, model, metrics=metrics)
+    store.promote(MODEL, info.version, reason="test")
+    return store
+
+
+@pytest.fixture(scope="module")
+def service(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
+    env = {
+        "VLMOPS_HOME": str(home),
+        "VLMOPS_EMBEDDING__REFRESH_INTERVAL_S": "0.5",
+        "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "500",
+        "VLMOPS_EMBEDDING__MAX_TEXT_CHARS": "500",
+        "VLMOPS_EMBEDDING__MAX_IMAGE_PIXELS": "1000000",
+    }
+    with ServiceProcess("embedding", env=env, log_path=home / "service.log") as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Iterator[EmbeddingClient]:
+    c = EmbeddingClient(service.url)
+    yield c
+    c.close()
+
+
+def png(sample_image: object) -> bytes:
+    return encode_png(sample_image)  # type: ignore[arg-type]
+
+
+class TestEmbeddings:
+    def test_vectors_have_the_model_dimension_and_unit_norm(self, client: EmbeddingClient) -> None:
+        texts = client.embed_text(["a red circle", "a blue star"])
+        images = client.embed_image([png(s.image) for s in ToyWorld().samples(3, Split.TEST)])
+        for emb in (texts, images):
+            assert emb.vectors.shape[1] == 96
+            assert np.allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-4)
+            assert emb.model == MODEL and set(emb.versions) == {"1"}
+
+    def test_matching_caption_ranks_first(self, client: EmbeddingClient) -> None:
+        world = ToyWorld()
+        samples = [world.sample(i, Split.TEST, n_objects=1) for i in range(200)]
+        one_per_class = list({s.label: s for s in samples}.values())
+        assert len(one_per_class) == 24
+        img = client.embed_image([png(s.image) for s in one_per_class]).vectors
+        txt = client.embed_text([s.caption for s in one_per_class]).vectors
+        ranks_first = (img @ txt.T).argmax(axis=1) == np.arange(len(one_per_class))
+        assert ranks_first.mean() >= 0.9
+
+    def test_classify_is_accurate_on_held_out_images(self, client: EmbeddingClient) -> None:
+        held_out = list(ToyWorld().samples(240, Split.TEST, Domain.PLAIN, n_objects=1, start=1000))
+        results = []
+        for start in range(0, 240, 60):
+            chunk = held_out[start : start + 60]
+            results += client.classify([png(s.image) for s in chunk], class_labels())
+        acc = np.mean([r["top_label"] == s.label for r, s in zip(results, held_out, strict=True)])
+        assert acc >= 0.9
+        r = results[0]
+        assert (
+            len(r["probs"]) == 24 and abs(sum(r["probs"]) - 1) < 1e-4 and r["probs"] == sorted(r["probs"], reverse=True)
+        )
+
+    def test_prompt_templates_change_the_result(self, client: EmbeddingClient) -> None:
+        image = png(ToyWorld().sample(0, Split.TEST, n_objects=1).image)
+        labels = ["a red circle", "a blue square"]
+        default = client.classify([image], labels)[0]["probs"]
+        custom = client.classify([image], labels, templates=["{}"])[0]["probs"]
+        assert default != custom
+
+    def test_text_over_the_context_is_truncated_and_said_so(self, client: EmbeddingClient) -> None:
+        emb = client.embed_text([" ".join(["red"] * 60), "a red circle"])
+        assert emb.truncated == [True, False]
+
+
+class TestBadInput:
+    def test_each_bad_input_gets_its_4xx_and_the_service_keeps_serving(
+        self, client: EmbeddingClient, service: ServiceProcess
+    ) -> None:
+        before = client.embed_text(["a green triangle"]).vectors
+        bomb = encode_png(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (2000, 2000)))
+        cases = [
+            (lambda: client.embed_image([b"this is not an image"]), InvalidInput, "decoded"),
+            (
+                lambda: client.embed_image([png(ToyWorld().sample(0).image)[:60]]),
+                InvalidInput,
+                "corrupt|truncated|decod",
+            ),
+            (lambda: client.post("/embed_image", {"items": [{"image": "@@not-base64@@"}]}), InvalidInput, "base64"),
+            (lambda: client.embed_image([bomb]), PayloadTooLarge, "pixels"),
+            (lambda: client.embed_text([]), InvalidInput, "at least 1 item"),
+            (lambda: client.embed_text(["   "]), InvalidInput, "text is empty"),
+            (lambda: client.embed_text(["x" * 501]), InvalidInput, "over the limit of 500"),
+            (lambda: client.embed_text(["a red circle"], model_version="99"), NotFound, "no version '99'"),
+            (lambda: client.embed_text(["a red circle"], model_version="latest"), NotFound, "positive integer"),
+            (lambda: client.classify([png(ToyWorld().sample(0).image)], ["only one"]), InvalidInput, "at least 2"),
+            (lambda: client.classify([png(ToyWorld().sample(0).image)], ["a", "b"], ["no slot"]), InvalidInput, "{}"),
+        ]
+        for call, error, message in cases:
+            with pytest.raises(error, match=message):
+                call()
+        resp = httpx.post(
+            f"{service.url}/embed_text", content=b"\x00\x01garbage", headers={"content-type": "text/plain"}
+        )
+        assert 400 <= resp.status_code < 500
+        after = client.embed_text(["a green triangle"]).vectors
+        np.testing.assert_allclose(before, after, atol=1e-6)
+
+    def test_a_bad_request_does_not_fail_the_batch_it_would_join(self, client: EmbeddingClient) -> None:
+        good = [png(s.image) for s in ToyWorld().samples(8, Split.TEST)]
+
+        def call(i: int) -> str:
+            try:
+                if i % 2:
+                    client.embed_image([b"garbage"])
+                    return "no error"
+                return f"ok {client.embed_image([good[i]]).vectors.shape[1]}"
+            except InvalidInput:
+                return "400"
+
+        with ThreadPoolExecutor(16) as pool:
+            out = list(pool.map(call, range(16)))
+        assert out == ["ok 96", "400"] * 8
+
+
+class TestBatchingAndVersions:
+    def test_concurrent_single_item_requests_are_batched(
+        self, client: EmbeddingClient, service: ServiceProcess
+    ) -> None:
+        texts = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow") for s in ("circle", "star", "square")]
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda t: client.embed_text([t]).vectors[0], texts * 3))
+        assert len(results) == 36
+        metrics = httpx.get(f"{service.url}/metrics").text
+        buckets = {
+            float(sample.labels["le"]): sample.value
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "bentoml_service_adaptive_batch_size"
+            for sample in family.samples
+            if sample.name.endswith("_bucket") and sample.labels.get("method_name") == "embed_text"
+        }
+        assert buckets, metrics[:2000]
+        batches_of_one, all_batches = buckets[1.0], max(buckets.values())
+        assert all_batches > batches_of_one, "every batch held one item"
+        assert "vlmops_embedding_items_total" in metrics
+
+    def test_pinned_version_promotion_and_rollback_without_restart(
+        self, client: EmbeddingClient, registry: RegistryStore
+    ) -> None:
+        other = ClipModel.from_pretrained("vlmops-toy-clip", seed=7)  # a different model: random weights
+        v2 = registry.register(MODEL, other).version
+        text = ["a yellow square"]
+        v1_vec = client.embed_text(text).vectors
+        pinned = client.embed_text(text, model_version=v2)
+        assert pinned.versions == [v2]
+        assert not np.allclose(pinned.vectors, v1_vec, atol=1e-3)
+        np.testing.assert_allclose(pinned.vectors[0], other.encode_text(text)[0][0].numpy(), atol=1e-5)
+
+        failures: list[str] = []
+        seen: list[str] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    seen.append(client.embed_text(text).versions[0])
+                except Exception as exc:  # noqa: BLE001 - any failure is what this test counts
+                    failures.append(repr(exc))
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            registry.promote(MODEL, v2, reason="test promotion")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (not seen or seen[-1] != v2):
+                time.sleep(0.1)
+            registry.rollback(MODEL, reason="test rollback")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and seen[-1] != "1":
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join()
+        assert failures == []
+        assert v2 in seen and seen[-1] == "1"
+        np.testing.assert_allclose(client.embed_text(text).vectors, v1_vec, atol=1e-6)
+        assert set(client.models()["loaded"]) >= {"1", v2}
+
+
+def test_ready_only_once_a_production_model_is_loaded(tmp_path: Path, random_clip: ClipModel) -> None:
+    home = tmp_path / "home"
+    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__REFRESH_INTERVAL_S": "0.5"}
+    svc = ServiceProcess("embedding", env=env, log_path=tmp_path / "service.log")
+    svc.launch()
+    try:
+        svc.wait_live()
+        time.sleep(1.5)  # a few refresh intervals: still nothing to serve
+        assert httpx.get(f"{svc.url}/readyz").status_code == 503
+        store = RegistryStore.from_settings(make_settings(home))
+        store.promote(MODEL, store.register(MODEL, random_clip).version)
+        svc.wait_ready()
+        emb = EmbeddingClient(svc.url).embed_text(["a red circle"])
+        assert emb.versions == ["1"]
+        np.testing.assert_allclose(emb.vectors[0], random_clip.encode_text(["a red circle"])[0][0].numpy(), atol=1e-5)
+    finally:
+        svc.stop()

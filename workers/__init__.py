@@ -1,0 +1,1 @@
+"""Celery app and jobs (finetune, reindex, ingest): thin wrappers over library code."""
