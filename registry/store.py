@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,16 @@ class RegistryStore:
         return self.by_alias(ref, PRODUCTION)
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
-        query = f"name = '{name}'" if name else ""
-        found = self.client.search_model_versions(query) if query else self.client.search_model_versions()
-        return sorted((_info(mv) for mv in found), key=lambda v: (v.name, int(v.version)))
+        """Registered versions with their aliases (search results carry no aliases: they are joined here)."""
+        found = self.client.search_model_versions(f"name = '{name}'") if name else self.client.search_model_versions()
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for model_name in {mv.name for mv in found}:
+            for alias, version in (self.client.get_registered_model(model_name).aliases or {}).items():
+                aliases.setdefault((model_name, str(version)), []).append(alias)
+        infos = [
+            replace(_info(mv), aliases=tuple(sorted(aliases.get((mv.name, str(mv.version)), [])))) for mv in found
+        ]
+        return sorted(infos, key=lambda v: (v.name, int(v.version)))
 
     def model_names(self) -> list[str]:
         return sorted(rm.name for rm in self.client.search_registered_models())

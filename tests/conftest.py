@@ -40,14 +40,13 @@ def sqlite_store(tmp_path: Path) -> RegistryStore:
 
 def _postgres_database() -> Iterator[str]:
     try:
-        import psycopg2
-    except ImportError:  # pragma: no cover - psycopg2 is a dependency
-        pytest.skip("psycopg2 is not installed")
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pytest.skip("psycopg is not installed")
     try:
-        admin = psycopg2.connect(POSTGRES_ADMIN, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
+        admin = psycopg.connect(POSTGRES_ADMIN, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    admin.autocommit = True
     name = f"vlmops_test_{uuid.uuid4().hex[:8]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")

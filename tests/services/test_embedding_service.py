@@ -149,7 +149,7 @@ class TestBadInput:
                 if i % 2:
                     client.embed_image([b"garbage"])
                     return "no error"
-                return f"ok {client.embed_image([good[i]]).vectors.shape[1]}"
+                return f"ok {client.embed_image([good[i % 8]]).vectors.shape[1]}"
             except InvalidInput:
                 return "400"
 
