@@ -13,7 +13,9 @@ class EmbeddingSettings(BaseModel):
 
     model_name: str = "vlmops-clip"
     max_batch_size: int = Field(64, ge=1)
-    max_latency_ms: int = Field(200, ge=1)
+    max_latency_ms: int = Field(
+        5000, ge=1, description="BentoML sheds (503) a request it cannot answer within this; batches form well below it"
+    )
     refresh_interval_s: float = Field(10.0, gt=0, description="how often `production` is re-resolved")
     version_cache_size: int = Field(3, ge=1, description="pinned versions kept loaded besides production")
     max_items: int = Field(256, ge=1, description="items in one request")
