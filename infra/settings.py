@@ -26,6 +26,8 @@ class EmbeddingSettings(BaseModel):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     decode_threads: int = Field(2, ge=1)
+    precision: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the towers (GPU nodes; first batches are slow)")
 
 
 class Settings(BaseSettings):
@@ -53,6 +55,12 @@ class Settings(BaseSettings):
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
         return self.home
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    return "fp16" if device.startswith("cuda") else "fp32"
 
 
 def resolve_device(name: str) -> str:

@@ -201,9 +201,7 @@ class RegistryStore:
         for model_name in {mv.name for mv in found}:
             for alias, version in (self.client.get_registered_model(model_name).aliases or {}).items():
                 aliases.setdefault((model_name, str(version)), []).append(alias)
-        infos = [
-            replace(_info(mv), aliases=tuple(sorted(aliases.get((mv.name, str(mv.version)), [])))) for mv in found
-        ]
+        infos = [replace(_info(mv), aliases=tuple(sorted(aliases.get((mv.name, str(mv.version)), [])))) for mv in found]
         return sorted(infos, key=lambda v: (v.name, int(v.version)))
 
     def model_names(self) -> list[str]:

@@ -19,14 +19,23 @@ from typing import Annotated, Any, TypeVar
 
 import bentoml
 import torch
+from PIL import Image
 from pydantic import Field
 
-from infra.settings import Settings, resolve_device
+from infra.settings import Settings, resolve_device, resolve_precision
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
 from registry.store import RegistryStore, VersionInfo
 from services.edge import http_errors
 from services.model_pool import Loaded, ModelPool
-from services.schemas import Classification, ImageEmbedding, TextEmbedding, VersionCheck, build_request_schemas
+from services.schemas import (
+    Classification,
+    ImageEmbedding,
+    Prepared,
+    RequestHooks,
+    TextEmbedding,
+    build_request_schemas,
+    vector_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +45,16 @@ BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latenc
 T = TypeVar("T")
 
 
-def _running_version_check() -> VersionCheck | None:
+def _running_service() -> RequestHooks | None:
+    """The service instance of this server process (BentoML's own accessor); None outside a server."""
     try:
         service = bentoml.get_current_service()
     except bentoml.exceptions.BentoMLException:
         return None
-    pool = getattr(service, "pool", None)
-    return pool.check_version if isinstance(pool, ModelPool) else None
+    return service if isinstance(getattr(service, "pool", None), ModelPool) else None
 
 
-SCHEMAS = build_request_schemas(LIMITS, _running_version_check)
+SCHEMAS = build_request_schemas(LIMITS, _running_service)
 TextItem = SCHEMAS.TextItem
 ImageItem = SCHEMAS.ImageItem
 ClassifyItem = SCHEMAS.ClassifyItem
@@ -72,6 +81,7 @@ class EmbeddingService:
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.device = resolve_device(SETTINGS.device)
+        self.precision = resolve_precision(LIMITS.precision, self.device)
         self.store = RegistryStore.from_settings(SETTINGS)
         self.pool: ModelPool[ClipModel] = ModelPool(
             self.store,
@@ -88,6 +98,7 @@ class EmbeddingService:
         model = self.store.load(info, self.device)
         if not isinstance(model, ClipModel):
             raise TypeError(f"{info.ref} is a {info.family!r} model, not clip")
+        model.configure_runtime(self.precision, LIMITS.compile)
         return model
 
     @staticmethod
@@ -96,6 +107,17 @@ class EmbeddingService:
 
     def __is_ready__(self) -> bool:
         return self.pool.ready
+
+    # ------------------------------------------------------------------ request-time hooks (RequestHooks)
+    def check_version(self, version: str) -> None:
+        self.pool.check_version(version)
+
+    def preprocess(self, version: str | None, image: Image.Image) -> Prepared | None:
+        """Pixels for ``version`` made now, on the request path, when that version is loaded."""
+        loaded = self.pool.peek(version)
+        if loaded is None:
+            return None
+        return Prepared(loaded.model.transform_key, loaded.model.preprocess(image))
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
@@ -113,7 +135,14 @@ class EmbeddingService:
         return [o for o in out if o is not None]
 
     def _pixels(self, model: ClipModel, items: list[Any]) -> torch.Tensor:
-        return torch.stack(list(self.preprocess_pool.map(lambda it: model.preprocess(it.pil), items)))
+        """Pixels prepared at request time where their transform matches this model's; the rest made now."""
+        key = model.transform_key
+        ready = [it.prepared.pixels if it.prepared is not None and it.prepared.key == key else None for it in items]
+        todo = [i for i, px in enumerate(ready) if px is None]
+        made = self.preprocess_pool.map(lambda i: model.preprocess(items[i].pil), todo)
+        for i, px in zip(todo, made, strict=True):
+            ready[i] = px
+        return torch.stack([px for px in ready if px is not None])
 
     def _name(self, loaded: Loaded[ClipModel]) -> str:
         return loaded.info.name
@@ -127,8 +156,10 @@ class EmbeddingService:
             vectors, truncated = loaded.model.encode_text([it.text for it in group])
             ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
             return [
-                TextEmbedding(vector=v, dim=len(v), model=self._name(loaded), version=loaded.version, truncated=t)
-                for v, t in zip(vectors.cpu().tolist(), truncated, strict=True)
+                TextEmbedding(
+                    **vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version, truncated=t
+                )
+                for v, t, it in zip(vectors.cpu().numpy(), truncated, group, strict=True)
             ]
 
         return self._per_version(items, run)
@@ -141,8 +172,8 @@ class EmbeddingService:
             vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
             ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
             return [
-                ImageEmbedding(vector=v, dim=len(v), model=self._name(loaded), version=loaded.version)
-                for v in vectors.cpu().tolist()
+                ImageEmbedding(**vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version)
+                for v, it in zip(vectors.cpu().numpy(), group, strict=True)
             ]
 
         return self._per_version(items, run)

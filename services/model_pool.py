@@ -112,6 +112,14 @@ class ModelPool(Generic[M]):
         self.store.get(self.name, version)
         self._known.add(version)
 
+    def peek(self, version: str | None = None) -> Loaded[M] | None:
+        """The loaded ``version`` (None: production) if it is in memory now; never loads."""
+        prod = self._production
+        if version is None or (prod is not None and version == prod.version):
+            return prod
+        with self._lock:
+            return self._pinned.get(version)
+
     def get(self, version: str | None = None) -> Loaded[M]:
         prod = self.production
         if version is None or version == prod.version:

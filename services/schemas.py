@@ -7,10 +7,13 @@ item classes are built by :func:`build_request_schemas`.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
+import numpy as np
+import torch
 from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
@@ -19,22 +22,47 @@ from infra.images import decode_base64, decode_image
 from infra.settings import EmbeddingSettings
 from services.edge import validating
 
-VersionCheck = Callable[[str], None]
+
+class RequestHooks(Protocol):
+    """What item validation asks of the running service."""
+
+    def check_version(self, version: str) -> None: ...
+
+    def preprocess(self, version: str | None, image: Image.Image) -> Prepared | None: ...
 
 
-class TextEmbedding(BaseModel):
-    vector: list[float]
+@dataclass(frozen=True)
+class Prepared:
+    """Pixels made ready at request time by the transform identified by ``key``."""
+
+    key: str
+    pixels: torch.Tensor
+
+
+Encoding = Literal["json", "base64"]
+
+
+class Embedding(BaseModel):
+    vector: list[float] | None = Field(None, description="the vector as numbers (encoding 'json')")
+    vector_b64: str | None = Field(None, description="base64 of little-endian float32 (encoding 'base64')")
     dim: int
     model: str
     version: str
+
+
+class TextEmbedding(Embedding):
     truncated: bool = Field(False, description="the text was longer than the model's context and was cut")
 
 
-class ImageEmbedding(BaseModel):
-    vector: list[float]
-    dim: int
-    model: str
-    version: str
+class ImageEmbedding(Embedding):
+    pass
+
+
+def vector_fields(vector: np.ndarray, encoding: str) -> dict[str, Any]:
+    if encoding == "base64":
+        raw = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        return {"vector_b64": base64.b64encode(raw).decode("ascii"), "dim": int(vector.shape[0])}
+    return {"vector": vector.tolist(), "dim": int(vector.shape[0])}
 
 
 class Classification(BaseModel):
@@ -60,20 +88,19 @@ def _clean_text(text: str, limit: int, what: str = "text") -> str:
     return text
 
 
-def build_request_schemas(
-    limits: EmbeddingSettings, version_check: Callable[[], VersionCheck | None]
-) -> RequestSchemas:
-    """Item classes bound to ``limits``; ``version_check`` returns the running service's checker (or None)."""
+def build_request_schemas(limits: EmbeddingSettings, hooks: Callable[[], RequestHooks | None]) -> RequestSchemas:
+    """Item classes bound to ``limits``; ``hooks`` returns the running service (None outside a server)."""
 
     class Pinned(BaseModel):
         model_version: str | None = Field(None, description="pin a registered version; default: production")
+        encoding: Encoding = Field("json", description="'base64': vectors as base64 little-endian float32")
 
         @model_validator(mode="after")
         @validating
         def _known_version(self) -> Any:
-            check = version_check()
-            if self.model_version is not None and check is not None:
-                check(self.model_version)
+            service = hooks()
+            if self.model_version is not None and service is not None:
+                service.check_version(self.model_version)
             return self
 
     class TextItem(Pinned):
@@ -88,13 +115,22 @@ def build_request_schemas(
     class ImageItem(Pinned):
         image: str = Field(description="base64 of the image file (PNG, JPEG, WebP, ...)")
         _decoded: Image.Image | None = PrivateAttr(None)
+        _prepared: Prepared | None = PrivateAttr(None)
 
         @model_validator(mode="after")
         @validating
         def _decode(self) -> Any:
+            # decoded and preprocessed here, at request time, off the model's path
             raw = decode_base64(self.image)
             self._decoded = decode_image(raw, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+            service = hooks()
+            if service is not None:
+                self._prepared = service.preprocess(self.model_version, self._decoded)
             return self
+
+        @property
+        def prepared(self) -> Prepared | None:
+            return self._prepared
 
         @property
         def pil(self) -> Image.Image:

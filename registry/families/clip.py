@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -68,6 +68,7 @@ class ClipModel(ModelFamily):
         )
         self._label_cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = OrderedDict()
         self._label_lock = threading.Lock()
+        self._stream: torch.cuda.Stream | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -136,11 +137,35 @@ class ClipModel(ModelFamily):
         size = self.preprocess_cfg["size"]
         return int(size[0] if isinstance(size, (list, tuple)) else size)
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+    @property
+    def transform_key(self) -> str:
+        """Identifies the preprocessing: pixels made by one transform are valid for every model sharing the key."""
+        return json.dumps(self.preprocess_cfg, sort_keys=True, default=str)
+
+    def configure_runtime(self, precision: str = "fp32", compile_model: bool = False) -> None:
+        """Serving options: autocast precision (fp32 | fp16 | bf16) and torch.compile of both towers."""
+        self.precision = precision
+        if compile_model:
+            self.model.visual = torch.compile(self.model.visual, dynamic=True)  # type: ignore[assignment]
+            self.model.transformer = torch.compile(self.model.transformer, dynamic=True)  # type: ignore[assignment]
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Inference mode, autocast at the configured precision, and on CUDA this model's own stream."""
+        kind = torch.device(self.device).type
+        autocast: AbstractContextManager[Any] = nullcontext()
+        if self.precision != "fp32":
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            autocast = torch.autocast(device_type=kind, dtype=dtype)
+        stream: AbstractContextManager[Any] = nullcontext()
+        if kind == "cuda":
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(device=self.device)
+            stream = torch.cuda.stream(self._stream)
+        with torch.inference_mode(), stream, autocast:
+            yield
+        if self._stream is not None:
+            self._stream.synchronize()
 
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: Sequence[str], cut: bool = True) -> TextBatch:
@@ -167,17 +192,16 @@ class ClipModel(ModelFamily):
         m = self.model
         return isinstance(m, open_clip.CLIP) and getattr(m, "text_pool_type", "argmax") in ("argmax", "eos")
 
-    @torch.inference_mode()
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings of a token batch of any length up to the context length."""
         m = self.model
-        tokens = tokens.to(self.device, non_blocking=True)
-        with self._autocast():
+        with self._running():
+            tokens = tokens.to(self.device, non_blocking=True)
             if not self._can_cut() or tokens.shape[1] == self.context_length:
                 out = m.encode_text(tokens)
             else:
                 out = encode_text_cut(m, tokens)
-        return F.normalize(out.float(), dim=-1)
+            return F.normalize(out.float(), dim=-1)
 
     def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
         if not texts:
@@ -189,14 +213,13 @@ class ClipModel(ModelFamily):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
-    @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         pin = self.device != "cpu"
         if pin:
             pixels = pixels.pin_memory()
-        with self._autocast():
+        with self._running():
             out = self.model.encode_image(pixels.to(self.device, non_blocking=pin))
-        return F.normalize(out.float(), dim=-1)
+            return F.normalize(out.float(), dim=-1)
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         if not images:

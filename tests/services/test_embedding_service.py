@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.errors import InvalidInput, NotFound, PayloadTooLarge
-from infra.images import encode_png
+from infra.images import encode_png, to_base64
 from infra.process import ServiceProcess
 from infra.toyworld import Domain, Split, ToyWorld, class_labels
 from registry.families.clip import ClipModel
@@ -103,6 +104,15 @@ class TestEmbeddings:
         custom = client.classify([image], labels, templates=["{}"])[0]["probs"]
         assert default != custom
 
+    def test_base64_vectors_equal_the_json_ones(self, client: EmbeddingClient) -> None:
+        image = to_base64(png(ToyWorld().sample(3, Split.TEST).image))
+        for route, item in (("/embed_text", {"text": "a red circle"}), ("/embed_image", {"image": image})):
+            as_json, as_b64 = client.post(route, {"items": [item, {**item, "encoding": "base64"}]})
+            assert as_b64["vector"] is None and as_json["vector_b64"] is None
+            decoded = np.frombuffer(base64.b64decode(as_b64["vector_b64"]), dtype="<f4")
+            assert decoded.shape == (as_b64["dim"],) == (96,)
+            np.testing.assert_allclose(decoded, np.asarray(as_json["vector"], dtype=np.float32), atol=1e-7)
+
     def test_text_over_the_context_is_truncated_and_said_so(self, client: EmbeddingClient) -> None:
         emb = client.embed_text([" ".join(["red"] * 60), "a red circle"])
         assert emb.truncated == [True, False]
@@ -190,6 +200,10 @@ class TestBatchingAndVersions:
         assert pinned.versions == [v2]
         assert not np.allclose(pinned.vectors, v1_vec, atol=1e-3)
         np.testing.assert_allclose(pinned.vectors[0], other.encode_text(text)[0][0].numpy(), atol=1e-5)
+        image = ToyWorld().sample(5, Split.TEST).image
+        pinned_image = client.embed_image([png(image)], model_version=v2)
+        assert pinned_image.versions == [v2]
+        np.testing.assert_allclose(pinned_image.vectors[0], other.encode_images([image])[0].numpy(), atol=1e-5)
 
         failures: list[str] = []
         seen: list[str] = []
