@@ -1,18 +1,25 @@
-"""Embedding throughput: the service under 1, 8 and 32 concurrent single-item clients against the raw
-in-process batched forward of the same model, in the same run.
+"""Embedding throughput and latency, side by side in one run (``make bench``):
 
-    python -m bench.embedding [--arch ViT-B-32] [--seconds 8]
+- the raw in-process forward of the model (pre-decoded tensors; batch 32 and batch 1);
+- the vlmops embedding service under 1, 8 and 32 concurrent single-item clients (JPEG images);
+- the obvious alternative: FastAPI calling the model once per request (``bench/naive_server.py``).
 
-Prints a table and writes JSON under bench/results/. Random weights: the arithmetic is the same.
+    python -m bench.embedding [--arch ViT-B-32] [--seconds 6]
+
+Prints a table of the performance targets and writes JSON under bench/results/. Random weights:
+the arithmetic is the same as with trained ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,11 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import torch
+from PIL import Image
 
-from infra.images import encode_png, to_base64
-from infra.process import ServiceProcess
+from infra.images import to_base64
+from infra.process import ServiceProcess, free_port, wait_http
 from infra.settings import Settings
 from infra.toyworld import Split, ToyWorld
 from registry.families.clip import ClipModel
@@ -43,8 +51,15 @@ def timed_rate(fn: Callable[[], int], seconds: float) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def raw_numbers(model: ClipModel, images: list[Any], seconds: float) -> dict[str, float]:
+def jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def raw_numbers(model: ClipModel, images: list[Image.Image], seconds: float) -> dict[str, float]:
     pixels = torch.stack([model.preprocess(im) for im in images[:32]])
+    jpegs = [jpeg(im) for im in images[:32]]
     one_text = model.tokenize(QUERIES[:1]).tokens
     texts = model.tokenize(QUERIES * 2).tokens
     texts_full = model.tokenize(QUERIES * 2, cut=False).tokens
@@ -56,118 +71,172 @@ def raw_numbers(model: ClipModel, images: list[Any], seconds: float) -> dict[str
         lat.append(time.perf_counter() - t)
         return 1
 
+    def from_jpeg() -> int:
+        decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpegs]
+        return len(model.encode_images(decoded))
+
     out = {
-        "raw_images_per_s_b32": timed_rate(lambda: len(model.encode_pixels(pixels)), seconds),
-        "raw_images_per_s_b1": timed_rate(lambda: len(model.encode_pixels(pixels[:1])), seconds),
-        "raw_texts_per_s_b32": timed_rate(lambda: len(model.encode_tokens(texts)), seconds),
-        "raw_texts_per_s_b32_padded77": timed_rate(lambda: len(model.encode_tokens(texts_full)), seconds),
-        "raw_texts_per_s_b1": timed_rate(single_text, seconds),
+        "images_per_s_b32": timed_rate(lambda: len(model.encode_pixels(pixels)), seconds),
+        "images_per_s_b1": timed_rate(lambda: len(model.encode_pixels(pixels[:1])), seconds),
+        "images_per_s_b32_from_jpeg_serial": timed_rate(from_jpeg, seconds),
+        "texts_per_s_b32": timed_rate(lambda: len(model.encode_tokens(texts)), seconds),
+        "texts_per_s_b32_padded77": timed_rate(lambda: len(model.encode_tokens(texts_full)), seconds),
+        "texts_per_s_b1": timed_rate(single_text, seconds),
     }
-    out["raw_text_b1_p50_ms"] = statistics.median(lat) * 1000
+    out["text_b1_p50_ms"] = statistics.median(lat) * 1000
     return out
 
 
 async def load(url: str, route: str, payloads: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` concurrent closed-loop clients, each sending one request after the other."""
     latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
+    errors: dict[int, int] = {}
+    received = 0
+    bodies = [json.dumps(p).encode() for p in payloads]
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as http:
+        async with http.post(route, data=bodies[0], headers=headers) as resp:  # warm-up
+            await resp.read()
+        deadline = time.perf_counter() + seconds
 
-    async def worker(k: int, http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        i = k
-        while time.perf_counter() < deadline:
-            t = time.perf_counter()
-            resp = await http.post(route, json=payloads[i % len(payloads)])
-            if resp.status_code != 200:
-                errors += 1
-            latencies.append(time.perf_counter() - t)
-            i += clients
+        async def worker(k: int) -> None:
+            nonlocal received
+            i = k
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                async with http.post(route, data=bodies[i % len(bodies)], headers=headers) as resp:
+                    body = await resp.read()
+                    if resp.status != 200:
+                        errors[resp.status] = errors.get(resp.status, 0) + 1
+                        continue
+                received += len(body)
+                latencies.append(time.perf_counter() - t)
+                i += clients
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        await http.post(route, json=payloads[0])  # warm-up
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k, http) for k in range(clients)))
+        await asyncio.gather(*(worker(k) for k in range(clients)))
         wall = time.perf_counter() - t0
+    ok = sorted(latencies) or [float("nan")]
     return {
-        "per_s": len(latencies) / wall,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000
-        if len(latencies) > 1
-        else latencies[0] * 1000,
-        "errors": errors,
+        "requests_per_s": len(latencies) / wall,
+        "p50_ms": statistics.median(ok) * 1000,
+        "p99_ms": ok[max(0, int(len(ok) * 0.99) - 1)] * 1000,
+        "errors": sum(errors.values()),
+        "error_statuses": {str(k): v for k, v in errors.items()},
         "requests": len(latencies),
+        "bytes_per_response": received / max(1, len(latencies)),
     }
+
+
+def measure(url: str, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in clients:
+        for kind, route, payloads in (("texts", "/embed_text", text_p), ("images", "/embed_image", image_p)):
+            out[f"{kind}_c{c}"] = r = asyncio.run(load(url, route, payloads, c, seconds))
+            print(f"  {url} {kind} x{c} clients: {r['requests_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms", flush=True)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="ViT-B-32")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--clients", default="1,8,32")
     args = parser.parse_args()
-    torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    clients = [int(c) for c in args.clients.split(",")]
     model = ClipModel.from_pretrained(args.arch, pretrained=None, device=device, seed=0)
-    world = ToyWorld()
-    images = [s.image.resize((model.image_size, model.image_size)) for s in world.samples(64, Split.TEST)]
+    if device == "cuda":
+        model.configure_runtime("fp16")
+    images = [s.image.resize((model.image_size, model.image_size)) for s in ToyWorld().samples(64, Split.TEST)]
     results: dict[str, Any] = {
         "arch": args.arch,
         "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "raw": raw_numbers(model, images, args.seconds),
-        "service": {},
     }
-    image_payloads = [{"items": [{"image": to_base64(encode_png(im))}]} for im in images]
-    text_payloads = [{"items": [{"text": q}]} for q in QUERIES]
+    image_p = [{"items": [{"image": to_base64(jpeg(im))}]} for im in images]
+    text_p = [{"items": [{"text": q}]} for q in QUERIES]
+    batch_json = [{"items": [{"text": q} for q in QUERIES * 2]}]
+    batch_b64 = [{"items": [{"text": q, "encoding": "base64"} for q in QUERIES * 2]}]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         store = RegistryStore.from_settings(Settings(home=home))
         info = store.register("bench-clip", model)
         store.promote("bench-clip", info.version)
+        model_dir = store.download(info)
         del model
         env = {
             "VLMOPS_HOME": str(home),
             "VLMOPS_EMBEDDING__MODEL_NAME": "bench-clip",
             "VLMOPS_EMBEDDING__MAX_BATCH_SIZE": "32",
+            "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "20000" if device == "cpu" else "1000",
         }
         with ServiceProcess("embedding", env=env, log_path=home / "service.log") as svc:
-            for clients in [int(c) for c in args.clients.split(",")]:
-                for kind, route, payloads in (
-                    ("texts", "/embed_text", text_payloads),
-                    ("images", "/embed_image", image_payloads),
-                ):
-                    key = f"{kind}_c{clients}"
-                    results["service"][key] = asyncio.run(load(svc.url, route, payloads, clients, args.seconds))
-                    print(f"  {key}: {results['service'][key]['per_s']:.1f}/s", flush=True)
+            results["vlmops"] = measure(svc.url, clients, args.seconds, text_p, image_p)
+            for name, payload in (("batch32_json", batch_json), ("batch32_base64", batch_b64)):
+                results["vlmops"][name] = asyncio.run(load(svc.url, "/embed_text", payload, 1, args.seconds))
+        results["naive"] = run_naive(model_dir, [clients[0], clients[-1]], args.seconds, text_p, image_p)
     report(results)
 
 
+def run_naive(model_dir: Path, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any]) -> Any:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", 120, proc)
+        return measure(f"http://127.0.0.1:{port}", clients, seconds, text_p, image_p)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def report(results: dict[str, Any]) -> None:
-    raw, svc = results["raw"], results["service"]
-    rows = [("raw batched forward (b=32)", raw["raw_texts_per_s_b32"], raw["raw_images_per_s_b32"], "", "")]
-    rows.append(("raw forward b=1", raw["raw_texts_per_s_b1"], raw["raw_images_per_s_b1"], "", ""))
-    for clients in sorted({int(k.split("_c")[1]) for k in svc}):
-        t, i = svc[f"texts_c{clients}"], svc[f"images_c{clients}"]
-        rows.append(
-            (
-                f"service, {clients} clients",
-                t["per_s"],
-                i["per_s"],
-                f"{t['per_s'] / raw['raw_texts_per_s_b32']:.2f} / {i['per_s'] / raw['raw_images_per_s_b32']:.2f}",
-                f"{t['p50_ms']:.0f} / {i['p50_ms']:.0f}",
+    raw, svc, naive = results["raw"], results["vlmops"], results["naive"]
+    top = max(int(k.split("_c")[1]) for k in svc if k.startswith("texts_c"))
+    print(f"\nembedding — {results['arch']} random weights on {results['device']} ({results['torch_threads']} threads)")
+    print(f"{'':34} {'texts/s':>9} {'images/s':>9} {'p50 ms t/i':>12}")
+    print(f"{'raw forward, batch 32':34} {raw['texts_per_s_b32']:9.1f} {raw['images_per_s_b32']:9.1f}")
+    print(f"{'raw forward, batch 1':34} {raw['texts_per_s_b1']:9.1f} {raw['images_per_s_b1']:9.1f}")
+    for name, peer in (("vlmops", svc), ("naive FastAPI", naive)):
+        for key in sorted({k.split("_c")[1] for k in peer if k.startswith("texts_c")}, key=int):
+            t, i = peer[f"texts_c{key}"], peer[f"images_c{key}"]
+            label = f"{name}, {key} clients"
+            print(
+                f"{label:34} {t['requests_per_s']:9.1f} {i['requests_per_s']:9.1f} {t['p50_ms']:5.0f}/{i['p50_ms']:.0f}"
             )
-        )
-    print(f"\nembedding throughput — {results['arch']} random weights on {results['device']}")
-    print(f"{'':32} {'texts/s':>9} {'images/s':>9} {'ratio vs raw (t/i)':>20} {'p50 ms (t/i)':>14}")
-    for name, t, i, ratio, p50 in rows:
-        print(f"{name:32} {t:9.1f} {i:9.1f} {ratio:>20} {p50:>14}")
-    print(
-        f"short-query text cut: {raw['raw_texts_per_s_b32'] / raw['raw_texts_per_s_b32_padded77']:.1f}x faster "
-        f"than padding to 77; raw text b=1 p50 {raw['raw_text_b1_p50_ms']:.1f} ms"
-    )
+    t32, i32 = svc[f"texts_c{top}"], svc[f"images_c{top}"]
+    b_json, b_b64 = svc["batch32_json"], svc["batch32_base64"]
+    targets = [
+        ("1 texts: service/raw at 32 clients", t32["requests_per_s"] / raw["texts_per_s_b32"], ">= 0.9"),
+        ("1 images: service/raw at 32 clients", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
+        ("2 idle p50 - raw b1 (ms)", svc["texts_c1"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
+        (
+            "3 texts: vlmops/naive at 32 clients",
+            t32["requests_per_s"] / naive[f"texts_c{top}"]["requests_per_s"],
+            ">= 3",
+        ),
+        (
+            "3 images: vlmops/naive at 32 clients",
+            i32["requests_per_s"] / naive[f"images_c{top}"]["requests_per_s"],
+            ">= 1.6",
+        ),
+        ("4 short texts: cut/padded raw", raw["texts_per_s_b32"] / raw["texts_per_s_b32_padded77"], ">= 10"),
+        ("5 JPEG service / tensor raw (images)", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
+        ("6 batch-32 response bytes json/base64", b_json["bytes_per_response"] / b_b64["bytes_per_response"], "info"),
+        ("6 batch-32 requests/s base64/json", b_b64["requests_per_s"] / b_json["requests_per_s"], "info"),
+    ]
+    results["targets"] = {name: {"value": value, "target": goal} for name, value, goal in targets}
+    print(f"\n{'target':42} {'value':>8}  goal")
+    for name, value, goal in targets:
+        print(f"{name:42} {value:8.2f}  {goal}")
+    errors = {k: v["errors"] for peer in (svc, naive) for k, v in peer.items() if v.get("errors")}
+    if errors:
+        print(f"requests that failed: {errors}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"embedding-{results['device']}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))

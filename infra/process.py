@@ -36,6 +36,21 @@ def serve_command(name: str, port: int, host: str = "127.0.0.1") -> list[str]:
     return [str(bentoml), "serve", service_target(name), "--host", host, "--port", str(port)]
 
 
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early when ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f} s")
+
+
 class ServiceProcess:
     """``with ServiceProcess("embedding", env={...}) as svc: httpx.get(svc.url + "/readyz")``"""
 
@@ -81,18 +96,15 @@ class ServiceProcess:
         self._wait("readyz")
 
     def _wait(self, probe: str) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} service exited with code {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/{probe}", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"{self.name} service not {probe} after {self.ready_timeout_s:.0f} s; see {self.log_path}")
+        try:
+            wait_http(f"{self.url}/{probe}", self.ready_timeout_s, self.proc)
+        except TimeoutError as exc:
+            self.stop()
+            raise TimeoutError(
+                f"{self.name} service not {probe} after {self.ready_timeout_s:.0f} s; see {self.log_path}"
+            ) from exc
+        except RuntimeError as exc:
+            raise RuntimeError(f"{self.name} service: {exc}; see {self.log_path}") from exc
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
