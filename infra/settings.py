@@ -27,6 +27,8 @@ class EmbeddingSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     decode_threads: int = Field(2, ge=1)
     precision: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on CUDA, fp32 on CPU")
+    access_log: bool = Field(False, description="BentoML's per-request access log (metrics are always on)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for inference; default: torch's")
     compile: bool = Field(False, description="torch.compile the towers (GPU nodes; first batches are slow)")
 
 

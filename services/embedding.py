@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import bentoml
 import torch
+from bentoml.validators import ContentType
 from PIL import Image
 from pydantic import Field
 
@@ -60,6 +61,11 @@ ImageItem = SCHEMAS.ImageItem
 ClassifyItem = SCHEMAS.ClassifyItem
 TextItems = Annotated[list[TextItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
 ImageItems = Annotated[list[ImageItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
+# a declared content type spares BentoML from building the output's JSON schema on every response
+JSON = ContentType("application/json")
+TextEmbeddings = Annotated[list[TextEmbedding], JSON]
+ImageEmbeddings = Annotated[list[ImageEmbedding], JSON]
+Classifications = Annotated[list[Classification], JSON]
 ClassifyItems = Annotated[list[ClassifyItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
 
 ITEMS_TOTAL = bentoml.metrics.Counter(
@@ -76,12 +82,19 @@ def by_version(items: Sequence[Any]) -> dict[str | None, list[int]]:
     return groups
 
 
-@bentoml.service(name="vlmops-embedding", traffic={"timeout": 120}, workers=1)
+@bentoml.service(
+    name="vlmops-embedding",
+    traffic={"timeout": 120},
+    workers=1,
+    logging={"access": {"enabled": LIMITS.access_log}},
+)
 class EmbeddingService:
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.device = resolve_device(SETTINGS.device)
         self.precision = resolve_precision(LIMITS.precision, self.device)
+        if LIMITS.torch_threads:
+            torch.set_num_threads(LIMITS.torch_threads)
         self.store = RegistryStore.from_settings(SETTINGS)
         self.pool: ModelPool[ClipModel] = ModelPool(
             self.store,
@@ -149,7 +162,7 @@ class EmbeddingService:
 
     # ------------------------------------------------------------------ APIs
     @bentoml.api(**BATCH)
-    def embed_text(self, items: TextItems) -> list[TextEmbedding]:
+    def embed_text(self, items: TextItems) -> TextEmbeddings:
         """Texts → L2-normalised vectors. Texts over the model's context are cut (``truncated``)."""
 
         def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[TextEmbedding]:
@@ -165,7 +178,7 @@ class EmbeddingService:
         return self._per_version(items, run)
 
     @bentoml.api(**BATCH)
-    def embed_image(self, items: ImageItems) -> list[ImageEmbedding]:
+    def embed_image(self, items: ImageItems) -> ImageEmbeddings:
         """Images (base64 files) → L2-normalised vectors."""
 
         def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[ImageEmbedding]:
@@ -179,7 +192,7 @@ class EmbeddingService:
         return self._per_version(items, run)
 
     @bentoml.api(**BATCH)
-    def classify(self, items: ClassifyItems) -> list[Classification]:
+    def classify(self, items: ClassifyItems) -> Classifications:
         """Zero-shot classification: image + candidate labels (+ prompt templates) → probabilities."""
 
         def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[Classification]:
