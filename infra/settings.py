@@ -8,11 +8,11 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class EmbeddingSettings(BaseModel):
-    """The embedding service (``VLMOPS_EMBEDDING__*``)."""
+class ServiceSettings(BaseModel):
+    """What every model service has (``VLMOPS_<SERVICE>__*``)."""
 
-    model_name: str = "vlmops-clip"
-    max_batch_size: int = Field(64, ge=1)
+    model_name: str = "vlmops-model"
+    max_batch_size: int = Field(32, ge=1)
     max_latency_ms: int = Field(
         5000, ge=1, description="BentoML sheds (503) a request it cannot answer within this; batches form well below it"
     )
@@ -22,14 +22,45 @@ class EmbeddingSettings(BaseModel):
     max_text_chars: int = Field(
         2048, ge=1, description="longer texts are rejected; texts over the model's context are truncated"
     )
-    max_labels: int = Field(256, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
-    decode_threads: int = Field(2, ge=1)
     precision: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on CUDA, fp32 on CPU")
     access_log: bool = Field(False, description="BentoML's per-request access log (metrics are always on)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for inference; default: torch's")
+
+
+class EmbeddingSettings(ServiceSettings):
+    """The embedding service (``VLMOPS_EMBEDDING__*``)."""
+
+    model_name: str = "vlmops-clip"
+    max_batch_size: int = Field(64, ge=1)
+    max_labels: int = Field(256, ge=1)
+    decode_threads: int = Field(2, ge=1)
     compile: bool = Field(False, description="torch.compile the towers (GPU nodes; first batches are slow)")
+
+
+class CaptioningSettings(ServiceSettings):
+    """The captioning service (``VLMOPS_CAPTIONING__*``)."""
+
+    model_name: str = "vlmops-captioner"
+    max_new_tokens: int = Field(64, ge=1, description="upper bound a request may ask for")
+    max_beams: int = Field(5, ge=1)
+
+
+class VQASettings(ServiceSettings):
+    """The VQA service (``VLMOPS_VQA__*``)."""
+
+    model_name: str = "vlmops-vqa"
+    max_new_tokens: int = Field(32, ge=1)
+    max_text_chars: int = Field(512, ge=1)
+
+
+class GroundingSettings(ServiceSettings):
+    """The grounding service (``VLMOPS_GROUNDING__*``)."""
+
+    model_name: str = "vlmops-grounder"
+    max_queries: int = Field(32, ge=1, description="text queries per image")
+    max_text_chars: int = Field(256, ge=1)
 
 
 class Settings(BaseSettings):
@@ -39,6 +70,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite under VLMOPS_HOME")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     embedding: EmbeddingSettings = EmbeddingSettings()
+    captioning: CaptioningSettings = CaptioningSettings()
+    vqa: VQASettings = VQASettings()
+    grounding: GroundingSettings = GroundingSettings()
 
     @property
     def tracking_uri(self) -> str:

@@ -27,16 +27,9 @@ from infra.settings import Settings, resolve_device, resolve_precision
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
 from registry.store import RegistryStore, VersionInfo
 from services.edge import http_errors
+from services.items import Prepared, RequestHooks
 from services.model_pool import Loaded, ModelPool
-from services.schemas import (
-    Classification,
-    ImageEmbedding,
-    Prepared,
-    RequestHooks,
-    TextEmbedding,
-    build_request_schemas,
-    vector_fields,
-)
+from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, vector_fields
 
 log = logging.getLogger(__name__)
 

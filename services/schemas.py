@@ -10,34 +10,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
-import torch
-from PIL import Image
-from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from infra.errors import InvalidInput
-from infra.images import decode_base64, decode_image
 from infra.settings import EmbeddingSettings
 from services.edge import validating
-
-
-class RequestHooks(Protocol):
-    """What item validation asks of the running service."""
-
-    def check_version(self, version: str) -> None: ...
-
-    def preprocess(self, version: str | None, image: Image.Image) -> Prepared | None: ...
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Pixels made ready at request time by the transform identified by ``key``."""
-
-    key: str
-    pixels: torch.Tensor
-
+from services.items import RequestHooks, build_base_items, clean_text
 
 Encoding = Literal["json", "base64"]
 
@@ -80,65 +61,26 @@ class RequestSchemas:
     ClassifyItem: type[BaseModel]
 
 
-def _clean_text(text: str, limit: int, what: str = "text") -> str:
-    if not text.strip():
-        raise InvalidInput(f"{what} is empty")
-    if len(text) > limit:
-        raise InvalidInput(f"{what} is {len(text)} characters, over the limit of {limit}")
-    return text
-
-
 def build_request_schemas(limits: EmbeddingSettings, hooks: Callable[[], RequestHooks | None]) -> RequestSchemas:
     """Item classes bound to ``limits``; ``hooks`` returns the running service (None outside a server)."""
+    base = build_base_items(limits, hooks)
 
-    class Pinned(BaseModel):
-        model_version: str | None = Field(None, description="pin a registered version; default: production")
+    class Encoded(BaseModel):
         encoding: Encoding = Field("json", description="'base64': vectors as base64 little-endian float32")
 
-        @model_validator(mode="after")
-        @validating
-        def _known_version(self) -> Any:
-            service = hooks()
-            if self.model_version is not None and service is not None:
-                service.check_version(self.model_version)
-            return self
-
-    class TextItem(Pinned):
+    class TextItem(base.Pinned, Encoded):  # type: ignore[name-defined,misc]
         text: str = Field(description=f"at most {limits.max_text_chars} characters; over the model's context: cut")
 
         @field_validator("text")
         @classmethod
         @validating
         def _text(cls, v: str) -> str:
-            return _clean_text(v, limits.max_text_chars)
+            return clean_text(v, limits.max_text_chars)
 
-    class ImageItem(Pinned):
-        image: str = Field(description="base64 of the image file (PNG, JPEG, WebP, ...)")
-        _decoded: Image.Image | None = PrivateAttr(None)
-        _prepared: Prepared | None = PrivateAttr(None)
+    class ImageItem(base.ImageItem, Encoded):  # type: ignore[name-defined,misc]
+        pass
 
-        @model_validator(mode="after")
-        @validating
-        def _decode(self) -> Any:
-            # decoded and preprocessed here, at request time, off the model's path
-            raw = decode_base64(self.image)
-            self._decoded = decode_image(raw, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
-            service = hooks()
-            if service is not None:
-                self._prepared = service.preprocess(self.model_version, self._decoded)
-            return self
-
-        @property
-        def prepared(self) -> Prepared | None:
-            return self._prepared
-
-        @property
-        def pil(self) -> Image.Image:
-            if self._decoded is None:
-                raise InvalidInput("image was not decoded")
-            return self._decoded
-
-    class ClassifyItem(ImageItem):
+    class ClassifyItem(base.ImageItem):  # type: ignore[name-defined,misc]
         labels: list[str] = Field(min_length=2, max_length=limits.max_labels)
         templates: list[str] | None = Field(None, description="prompt templates with one '{}'; default: built-in set")
 
@@ -147,7 +89,7 @@ def build_request_schemas(limits: EmbeddingSettings, hooks: Callable[[], Request
         @validating
         def _labels(cls, v: list[str]) -> list[str]:
             for label in v:
-                _clean_text(label, limits.max_text_chars, "label")
+                clean_text(label, limits.max_text_chars, "label")
             if len(set(v)) != len(v):
                 raise InvalidInput("labels must be distinct")
             return v
