@@ -15,6 +15,9 @@ import httpx
 
 SERVICES: dict[str, str] = {
     "embedding": "services.embedding:EmbeddingService",
+    "captioning": "services.captioning:CaptioningService",
+    "vqa": "services.vqa:VQAService",
+    "grounding": "services.grounding:GroundingService",
 }
 
 

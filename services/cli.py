@@ -50,11 +50,17 @@ def models() -> None:
 
 @models.command("register")
 @click.argument("name")
-@click.option("--family", default="clip", show_default=True)
+@click.option(
+    "--family",
+    default="clip",
+    show_default=True,
+    help="clip, blip-caption, git-caption, blip-vqa, vilt-vqa, owlvit, owlv2",
+)
 @click.option(
     "--source",
     required=True,
-    help="a directory saved by vlmops or open_clip (local-dir layout), or an open_clip architecture name",
+    help="a directory (vlmops, open_clip local-dir or transformers save_pretrained), an open_clip architecture "
+    "or a transformers model id",
 )
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or weights file (with an architecture name)")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable (e.g. dataset_hash=..., base_version=...)")
@@ -63,21 +69,23 @@ def models_register(
     name: str, family: str, source: str, pretrained: str | None, tags: tuple[str, ...], promote: bool
 ) -> None:
     """Register a model version from a local directory or an open_clip name + pretrained tag."""
-    from registry.families import family_class
+    from registry.families import ModelFamily, family_class
     from registry.families.clip import ClipModel
+    from registry.families.hf import HFModel
     from registry.store import RegistryStore
 
     store = RegistryStore.from_settings(_settings())
     cls = family_class(family)
     path = Path(source)
-    if path.is_dir():
-        model = cls.load(path)
-        origin = str(path.resolve())
+    model: ModelFamily
+    if cls is ClipModel and path.is_dir():
+        model, origin = ClipModel.load(path), str(path.resolve())
     elif cls is ClipModel:
-        model = ClipModel.from_pretrained(source, pretrained)
-        origin = f"open_clip:{source}:{pretrained or 'random'}"
+        model, origin = ClipModel.from_pretrained(source, pretrained), f"open_clip:{source}:{pretrained or 'random'}"
+    elif issubclass(cls, HFModel):  # a save_pretrained directory or a transformers model id
+        model, origin = cls.from_pretrained(source), str(path.resolve()) if path.is_dir() else source
     else:
-        raise click.BadParameter(f"{source} is not a directory", param_hint="--source")
+        raise click.BadParameter(f"cannot register {family} from {source}", param_hint="--source")
     extra = dict(t.split("=", 1) for t in tags if "=" in t)
     info = store.register(name, model, tags={"source": origin, **extra})
     click.echo(f"registered {name} version {info.version}")
@@ -130,7 +138,7 @@ def models_rollback(name: str, reason: str) -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["embedding"]))
+@click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding"]))
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
 def serve(service: str, port: int, host: str) -> None:

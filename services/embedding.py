@@ -12,8 +12,6 @@ a merged batch is split by model version before it reaches a model. Items valida
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypeVar
 
@@ -23,13 +21,13 @@ from bentoml.validators import ContentType
 from PIL import Image
 from pydantic import Field
 
-from infra.settings import Settings, resolve_device, resolve_precision
+from infra.settings import Settings
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
-from registry.store import RegistryStore, VersionInfo
-from services.edge import http_errors
-from services.items import Prepared, RequestHooks
-from services.model_pool import Loaded, ModelPool
+from registry.store import VersionInfo
+from services.items import Prepared
+from services.model_pool import Loaded
 from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, vector_fields
+from services.skeleton import ModelService, access_log, running_service
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +37,7 @@ BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latenc
 T = TypeVar("T")
 
 
-def _running_service() -> RequestHooks | None:
-    """The service instance of this server process (BentoML's own accessor); None outside a server."""
-    try:
-        service = bentoml.get_current_service()
-    except bentoml.exceptions.BentoMLException:
-        return None
-    return service if isinstance(getattr(service, "pool", None), ModelPool) else None
-
-
-SCHEMAS = build_request_schemas(LIMITS, _running_service)
+SCHEMAS = build_request_schemas(LIMITS, running_service)
 TextItem = SCHEMAS.TextItem
 ImageItem = SCHEMAS.ImageItem
 ClassifyItem = SCHEMAS.ClassifyItem
@@ -68,42 +57,15 @@ ITEMS_TOTAL = bentoml.metrics.Counter(
 )
 
 
-def by_version(items: Sequence[Any]) -> dict[str | None, list[int]]:
-    groups: dict[str | None, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        groups[item.model_version].append(i)
-    return groups
-
-
-@bentoml.service(
-    name="vlmops-embedding",
-    traffic={"timeout": 120},
-    workers=1,
-    logging={"access": {"enabled": LIMITS.access_log}},
-)
-class EmbeddingService:
+@bentoml.service(name="vlmops-embedding", traffic={"timeout": 120}, workers=1, logging=access_log(LIMITS))
+class EmbeddingService(ModelService[ClipModel]):
     def __init__(self) -> None:
-        self.settings = SETTINGS
-        self.device = resolve_device(SETTINGS.device)
-        self.precision = resolve_precision(LIMITS.precision, self.device)
-        if LIMITS.torch_threads:
-            torch.set_num_threads(LIMITS.torch_threads)
-        self.store = RegistryStore.from_settings(SETTINGS)
-        self.pool: ModelPool[ClipModel] = ModelPool(
-            self.store,
-            LIMITS.model_name,
-            self._load,
-            cache_size=LIMITS.version_cache_size,
-            refresh_interval_s=LIMITS.refresh_interval_s,
-        )
-        self.pool.on_load = self._warm_up
+        self.setup(SETTINGS, LIMITS, ClipModel)
         self.preprocess_pool = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="preprocess")
-        self.pool.start()
+        self.pool.on_load = self._warm_up
 
     def _load(self, info: VersionInfo) -> ClipModel:
-        model = self.store.load(info, self.device)
-        if not isinstance(model, ClipModel):
-            raise TypeError(f"{info.ref} is a {info.family!r} model, not clip")
+        model = super()._load(info)
         model.configure_runtime(self.precision, LIMITS.compile)
         return model
 
@@ -111,12 +73,10 @@ class EmbeddingService:
     def _warm_up(loaded: Loaded[ClipModel]) -> None:
         loaded.model.label_embeddings(["warm", "up"])
 
-    def __is_ready__(self) -> bool:
-        return self.pool.ready
-
-    # ------------------------------------------------------------------ request-time hooks (RequestHooks)
-    def check_version(self, version: str) -> None:
-        self.pool.check_version(version)
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.pool.stop()
+        self.preprocess_pool.shutdown(wait=False)
 
     def preprocess(self, version: str | None, image: Image.Image) -> Prepared | None:
         """Pixels for ``version`` made now, on the request path, when that version is loaded."""
@@ -124,21 +84,6 @@ class EmbeddingService:
         if loaded is None:
             return None
         return Prepared(loaded.model.transform_key, loaded.model.preprocess(image))
-
-    @bentoml.on_shutdown
-    def _shutdown(self) -> None:
-        self.pool.stop()
-        self.preprocess_pool.shutdown(wait=False)
-
-    # ------------------------------------------------------------------ helpers
-    def _per_version(self, items: Sequence[Any], run: Callable[[Loaded[ClipModel], list[Any]], list[T]]) -> list[T]:
-        out: list[T | None] = [None] * len(items)
-        with http_errors():
-            for version, idx in by_version(items).items():
-                loaded = self.pool.get(version)
-                for i, result in zip(idx, run(loaded, [items[i] for i in idx]), strict=True):
-                    out[i] = result
-        return [o for o in out if o is not None]
 
     def _pixels(self, model: ClipModel, items: list[Any]) -> torch.Tensor:
         """Pixels prepared at request time where their transform matches this model's; the rest made now."""
@@ -168,7 +113,7 @@ class EmbeddingService:
                 for v, t, it in zip(vectors.cpu().numpy(), truncated, group, strict=True)
             ]
 
-        return self._per_version(items, run)
+        return self.per_version(items, run)
 
     @bentoml.api(**BATCH)
     def embed_image(self, items: ImageItems) -> ImageEmbeddings:
@@ -182,7 +127,7 @@ class EmbeddingService:
                 for v, it in zip(vectors.cpu().numpy(), group, strict=True)
             ]
 
-        return self._per_version(items, run)
+        return self.per_version(items, run)
 
     @bentoml.api(**BATCH)
     def classify(self, items: ClassifyItems) -> Classifications:
@@ -208,17 +153,9 @@ class EmbeddingService:
             ITEMS_TOTAL.labels(operation="classify", version=loaded.version).inc(len(group))
             return results
 
-        return self._per_version(items, run)
+        return self.per_version(items, run)
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:
         """Which versions this replica holds, and which is production."""
-        with http_errors():
-            prod = self.pool.production
-        return {
-            "model": self.pool.name,
-            "production": prod.version,
-            "loaded": self.pool.loaded_versions(),
-            "device": self.device,
-            "info": prod.model.describe(),
-        }
+        return self.describe_models()
