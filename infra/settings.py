@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     home: Path = Path(".vlmops")
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite under VLMOPS_HOME")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    up_services: str = Field("embedding,captioning,vqa,grounding", description="what `vlmops up` starts")
     embedding: EmbeddingSettings = EmbeddingSettings()
     captioning: CaptioningSettings = CaptioningSettings()
     vqa: VQASettings = VQASettings()

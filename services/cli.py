@@ -150,6 +150,48 @@ def serve(service: str, port: int, host: str) -> None:
 
 
 @main.command()
+@click.option("--services", default=None, help="comma-separated names; default: VLMOPS_UP_SERVICES")
+@click.option("--port", default=3000, show_default=True, help="first port; services take consecutive ports")
+def up(services: str | None, port: int) -> None:
+    """Start the model services on this machine, each a real server process; Ctrl-C stops them all."""
+    import signal
+    import time
+
+    from infra.process import SERVICES, ServiceProcess
+
+    settings = _settings()
+    names = [n.strip() for n in (services or settings.up_services).split(",") if n.strip()]
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise click.BadParameter(f"unknown services {unknown} (known: {', '.join(SERVICES)})", param_hint="--services")
+    home = settings.ensure_home().resolve()
+    env = {"VLMOPS_HOME": str(home)}
+    procs = [ServiceProcess(n, port=port + i, env=env, log_path=home / f"{n}.log") for i, n in enumerate(names)]
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for proc in procs:
+            proc.launch()
+        for proc in procs:
+            proc.wait_live()
+            click.echo(
+                f"{proc.name:<11} {proc.url}  (logs: {proc.log_path}; ready once its model has a production version)"
+            )
+        while all(p.proc is not None and p.proc.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = [p.name for p in procs if p.proc is not None and p.proc.poll() is not None]
+        click.echo(f"stopped: {', '.join(dead)} exited; stopping the rest", err=True)
+    except KeyboardInterrupt:
+        click.echo("stopping ...")
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@main.command()
 @click.option("--seed", default=0, show_default=True)
 def demo(seed: int) -> None:
     """Train (first run) or load the toy CLIP, register + promote it, serve it, and use it over HTTP."""

@@ -40,6 +40,17 @@ class TestModelsCommands:
         table = invoke(runner, "models", "list")
         assert "production" in table.splitlines()[1] and table.splitlines()[1].split()[1] == "1"
 
+    def test_registers_a_transformers_save_pretrained_directory(self, runner: CliRunner, tmp_path: Path) -> None:
+        from tests.registry.test_hf_families import tiny
+
+        model = tiny("owlv2", tmp_path / "build")
+        model.model.save_pretrained(tmp_path / "plain")
+        model.processor.save_pretrained(tmp_path / "plain")
+        out = invoke(runner, "models", "register", "g", "--family", "owlv2", "--source", str(tmp_path / "plain"))
+        assert "version 1" in out
+        listed = json.loads(invoke(runner, "models", "list", "g", "--json"))
+        assert listed[0]["family"] == "owlv2" and listed[0]["model_class"] == "Owlv2ForObjectDetection"
+
     def test_unknown_version_is_a_clear_error(self, runner: CliRunner, random_clip: ClipModel, tmp_path: Path) -> None:
         random_clip.save(tmp_path / "saved")
         invoke(runner, "models", "register", "m", "--source", str(tmp_path / "saved"))
@@ -47,3 +58,37 @@ class TestModelsCommands:
 
         with pytest.raises(NotFound, match="no version '5'"):
             runner.invoke(main, ["models", "promote", "m", "5"], catch_exceptions=False)
+
+
+class TestUp:
+    def test_up_starts_the_services_and_ctrl_c_stops_them_all(self, tmp_path: Path, random_clip: ClipModel) -> None:
+        import os
+        import signal
+        import subprocess
+        import sys
+
+        import httpx
+
+        from infra.process import free_port, wait_http
+        from registry.store import RegistryStore
+        from tests.conftest import make_settings
+        from tests.registry.test_hf_families import tiny
+
+        home = tmp_path / "home"
+        store = RegistryStore.from_settings(make_settings(home))
+        store.promote("vlmops-vqa", store.register("vlmops-vqa", tiny("vilt-vqa", tmp_path / "build")).version)
+        port = free_port()
+        vlmops = str(Path(sys.executable).with_name("vlmops"))
+        env = {**os.environ, "VLMOPS_HOME": str(home)}
+        proc = subprocess.Popen([vlmops, "up", "--services", "embedding,vqa", "--port", str(port)], env=env)
+        try:
+            wait_http(f"http://127.0.0.1:{port + 1}/readyz", 120, proc)
+            # the VQA model is in production: ready; no CLIP version yet: embedding is live, not ready
+            assert httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 503
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0
+        for p in (port, port + 1):
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{p}/livez", timeout=2)
