@@ -28,6 +28,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.embedding
+	$(BIN)/python -m bench.vision
 
 serve: setup
 	$(BIN)/vlmops serve embedding --port 3000

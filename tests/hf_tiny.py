@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import transformers as T
 
-from infra.toyworld import COLOURS, COUNT_WORDS, SHAPES
+from infra.local_tokenizers import WORDS, bert_tokenizer, clip_tokenizer
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-WORDS = [*COLOURS, *SHAPES, *COUNT_WORDS, "a", "an", "what", "colour", "is", "the", "shape", "object", "how", "many"]
-WORDS += ["objects", "are", "there", "and", "yes", "no", "photo", "of", "?", ","]
+__all__ = ["WORDS", "blip_caption", "blip_vqa", "git_caption", "owl", "vilt_vqa"]
+
 VISION = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
 TEXT = {**VISION, "max_position_embeddings": 64}
-
-
-def bert_tokenizer(folder: Path) -> T.BertTokenizer:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
-    return T.BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
-
-
-def clip_tokenizer(folder: Path) -> T.CLIPTokenizer:
-    """A byte-pair vocabulary holding just the toy world's words, merged letter by letter."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    merges: list[str] = []
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    for char in sorted({c for w in WORDS for c in w}):
-        add(char)
-        add(char + "</w>")
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1], *parts[2:]]
-            add(parts[0])
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        add(special)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    return T.CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=16
-    )
 
 
 def _text_cfg(tok: T.PreTrainedTokenizerBase) -> dict[str, int]:
