@@ -237,10 +237,16 @@ def report(results: dict[str, Any]) -> None:
     errors = {k: v["errors"] for peer in (svc, naive) for k, v in peer.items() if v.get("errors")}
     if errors:
         print(f"requests that failed: {errors}")
+    write_results(f"embedding-{results['device']}", results)
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    """Write ``results`` as JSON under bench/results/, stamped with the time."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"embedding-{results['device']}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    out = RESULTS / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"written {out}")
+    return out
 
 
 if __name__ == "__main__":

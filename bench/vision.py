@@ -23,7 +23,7 @@ import torch
 import transformers as T
 from PIL import Image
 
-from bench.embedding import RESULTS, jpeg, load
+from bench.embedding import jpeg, load, write_results
 from infra.images import to_base64
 from infra.local_tokenizers import bert_tokenizer, clip_tokenizer
 from infra.process import ServiceProcess
@@ -151,10 +151,7 @@ def report(results: dict[str, Any], batch: int, clients: list[int]) -> None:
         ratio = row[f"service_c{clients[-1]}"]["requests_per_s"] / row[f"raw_b{batch}"]
         row["ratio_service_vs_raw"] = ratio
         print(line + f" {ratio:8.2f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"vision-cpu-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written {out}")
+    write_results("vision-cpu", results)
 
 
 if __name__ == "__main__":

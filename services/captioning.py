@@ -5,27 +5,25 @@ bentoml serve services.captioning:CaptioningService --port 3001
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-from bentoml.validators import ContentType
-from pydantic import Field
 
 from infra.settings import Settings
 from registry.families.captioning import Captioner, GenerationParams
 from services.model_pool import Loaded
-from services.skeleton import ModelService, access_log, running_service
+from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
 from services.vision_schemas import CaptionOut, caption_item, group_by
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.captioning
 CaptionItem = caption_item(LIMITS, running_service)
-CaptionItems = Annotated[list[CaptionItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
-Captions = Annotated[list[CaptionOut], ContentType("application/json")]
-BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latency_ms": LIMITS.max_latency_ms}
+CaptionItems = items_of(CaptionItem, LIMITS)
+Captions = json_list(CaptionOut)
+BATCH = batch_options(LIMITS)
 
 
-@bentoml.service(name="vlmops-captioning", traffic={"timeout": 300}, workers=1, logging=access_log(LIMITS))
+@bentoml.service(**service_options("vlmops-captioning", LIMITS, timeout_s=300))
 class CaptioningService(ModelService[Captioner]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, Captioner)

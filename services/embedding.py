@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import bentoml
 import torch
-from bentoml.validators import ContentType
 from PIL import Image
-from pydantic import Field
 
 from infra.settings import Settings
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
@@ -27,13 +25,13 @@ from registry.store import VersionInfo
 from services.items import Prepared
 from services.model_pool import Loaded
 from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, vector_fields
-from services.skeleton import ModelService, access_log, running_service
+from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
 
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.embedding
-BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latency_ms": LIMITS.max_latency_ms}
+BATCH = batch_options(LIMITS)
 T = TypeVar("T")
 
 
@@ -41,14 +39,12 @@ SCHEMAS = build_request_schemas(LIMITS, running_service)
 TextItem = SCHEMAS.TextItem
 ImageItem = SCHEMAS.ImageItem
 ClassifyItem = SCHEMAS.ClassifyItem
-TextItems = Annotated[list[TextItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
-ImageItems = Annotated[list[ImageItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
-# a declared content type spares BentoML from building the output's JSON schema on every response
-JSON = ContentType("application/json")
-TextEmbeddings = Annotated[list[TextEmbedding], JSON]
-ImageEmbeddings = Annotated[list[ImageEmbedding], JSON]
-Classifications = Annotated[list[Classification], JSON]
-ClassifyItems = Annotated[list[ClassifyItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
+TextItems = items_of(TextItem, LIMITS)
+ImageItems = items_of(ImageItem, LIMITS)
+ClassifyItems = items_of(ClassifyItem, LIMITS)
+TextEmbeddings = json_list(TextEmbedding)
+ImageEmbeddings = json_list(ImageEmbedding)
+Classifications = json_list(Classification)
 
 ITEMS_TOTAL = bentoml.metrics.Counter(
     name="vlmops_embedding_items_total",
@@ -57,7 +53,7 @@ ITEMS_TOTAL = bentoml.metrics.Counter(
 )
 
 
-@bentoml.service(name="vlmops-embedding", traffic={"timeout": 120}, workers=1, logging=access_log(LIMITS))
+@bentoml.service(**service_options("vlmops-embedding", LIMITS))
 class EmbeddingService(ModelService[ClipModel]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, ClipModel)

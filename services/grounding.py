@@ -5,27 +5,25 @@ bentoml serve services.grounding:GroundingService --port 3003
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-from bentoml.validators import ContentType
-from pydantic import Field
 
 from infra.settings import Settings
 from registry.families.grounding import Grounder
 from services.model_pool import Loaded
-from services.skeleton import ModelService, access_log, running_service
+from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
 from services.vision_schemas import Box, GroundingOut, grounding_item, group_by
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.grounding
 GroundingItem = grounding_item(LIMITS, running_service)
-GroundingItems = Annotated[list[GroundingItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
-Groundings = Annotated[list[GroundingOut], ContentType("application/json")]
-BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latency_ms": LIMITS.max_latency_ms}
+GroundingItems = items_of(GroundingItem, LIMITS)
+Groundings = json_list(GroundingOut)
+BATCH = batch_options(LIMITS)
 
 
-@bentoml.service(name="vlmops-grounding", traffic={"timeout": 300}, workers=1, logging=access_log(LIMITS))
+@bentoml.service(**service_options("vlmops-grounding", LIMITS, timeout_s=300))
 class GroundingService(ModelService[Grounder]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, Grounder)

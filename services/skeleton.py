@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import bentoml
 import torch
+from bentoml.validators import ContentType
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from infra.errors import ModelFormatError
 from infra.settings import ServiceSettings, Settings, resolve_device, resolve_precision
@@ -43,8 +45,25 @@ def by_version(items: Sequence[Any]) -> dict[str | None, list[int]]:
     return groups
 
 
-def access_log(limits: ServiceSettings) -> dict[str, Any]:
-    return {"access": {"enabled": limits.access_log}}
+def service_options(name: str, limits: ServiceSettings, timeout_s: int = 120) -> dict[str, Any]:
+    """``@bentoml.service`` options: one worker (one model copy per replica), access log from settings."""
+    logging = {"access": {"enabled": limits.access_log}}
+    return {"name": name, "traffic": {"timeout": timeout_s}, "workers": 1, "logging": logging}
+
+
+def batch_options(limits: ServiceSettings) -> dict[str, Any]:
+    """``@bentoml.api`` options of a batchable API: adaptive batching bounded by settings."""
+    return {"batchable": True, "max_batch_size": limits.max_batch_size, "max_latency_ms": limits.max_latency_ms}
+
+
+def items_of(item: type[BaseModel], limits: ServiceSettings) -> Any:
+    """The one batchable parameter: a non-empty list of items, at most ``max_items``."""
+    return Annotated[list[item], Field(min_length=1, max_length=limits.max_items)]  # type: ignore[valid-type]
+
+
+def json_list(out: type[BaseModel]) -> Any:
+    """A list of ``out`` with its content type declared: spares BentoML a JSON-schema build per response."""
+    return Annotated[list[out], ContentType("application/json")]  # type: ignore[valid-type]
 
 
 class ModelService(Generic[M]):

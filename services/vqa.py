@@ -5,27 +5,25 @@ bentoml serve services.vqa:VQAService --port 3002
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-from bentoml.validators import ContentType
-from pydantic import Field
 
 from infra.settings import Settings
 from registry.families.vqa import VQAModel
 from services.model_pool import Loaded
-from services.skeleton import ModelService, access_log, running_service
+from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
 from services.vision_schemas import AnswerOut, group_by, vqa_item
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.vqa
 QuestionItem = vqa_item(LIMITS, running_service)
-QuestionItems = Annotated[list[QuestionItem], Field(min_length=1, max_length=LIMITS.max_items)]  # type: ignore[valid-type]
-Answers = Annotated[list[AnswerOut], ContentType("application/json")]
-BATCH = {"batchable": True, "max_batch_size": LIMITS.max_batch_size, "max_latency_ms": LIMITS.max_latency_ms}
+QuestionItems = items_of(QuestionItem, LIMITS)
+Answers = json_list(AnswerOut)
+BATCH = batch_options(LIMITS)
 
 
-@bentoml.service(name="vlmops-vqa", traffic={"timeout": 300}, workers=1, logging=access_log(LIMITS))
+@bentoml.service(**service_options("vlmops-vqa", LIMITS, timeout_s=300))
 class VQAService(ModelService[VQAModel]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, VQAModel)

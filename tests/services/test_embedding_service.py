@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from infra.errors import InvalidInput, NotFound, PayloadTooLarge
 from infra.images import encode_png, to_base64
@@ -22,6 +21,7 @@ from registry.families.clip import ClipModel
 from registry.store import RegistryStore
 from services.client import EmbeddingClient
 from tests.conftest import make_settings
+from tests.metrics import batched
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -176,17 +176,8 @@ class TestBatchingAndVersions:
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda t: client.embed_text([t]).vectors[0], texts * 3))
         assert len(results) == 36
+        assert batched(service.url, "embed_text"), "every batch held one item"
         metrics = httpx.get(f"{service.url}/metrics").text
-        buckets = {
-            float(sample.labels["le"]): sample.value
-            for family in text_string_to_metric_families(metrics)
-            if family.name == "bentoml_service_adaptive_batch_size"
-            for sample in family.samples
-            if sample.name.endswith("_bucket") and sample.labels.get("method_name") == "embed_text"
-        }
-        assert buckets, metrics[:2000]
-        batches_of_one, all_batches = buckets[1.0], max(buckets.values())
-        assert all_batches > batches_of_one, "every batch held one item"
         assert "vlmops_embedding_items_total" in metrics
 
     def test_pinned_version_promotion_and_rollback_without_restart(

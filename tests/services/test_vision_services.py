@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from infra.images import encode_png, to_base64
 from infra.process import ServiceProcess
@@ -19,6 +18,7 @@ from infra.toyworld import ToyWorld
 from registry.store import RegistryStore
 from tests import hf_tiny
 from tests.conftest import make_settings
+from tests.metrics import batched
 from tests.registry.test_hf_families import ANSWERS, tiny
 
 pytestmark = pytest.mark.slow
@@ -117,15 +117,7 @@ class TestVisionServices:
         assert all(r.status_code == 200 for r in responses)
         for r in responses:
             check_output(case, r.json()[0])
-        metrics = httpx.get(f"{url}/metrics").text
-        buckets = {
-            float(s.labels["le"]): s.value
-            for fam in text_string_to_metric_families(metrics)
-            if fam.name == "bentoml_service_adaptive_batch_size"
-            for s in fam.samples
-            if s.name.endswith("_bucket") and s.labels.get("method_name") == case.route.strip("/")
-        }
-        assert max(buckets.values()) > buckets[1.0], "every batch held one item"
+        assert batched(url, case.route.strip("/")), "every batch held one item"
 
     def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(self, served: tuple[Case, str]) -> None:
         case, url = served

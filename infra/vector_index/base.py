@@ -1,0 +1,101 @@
+"""The vector index interface every backend implements, and the naming of physical collections."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.errors import InvalidInput
+
+Filter = dict[str, str | int | bool]  # exact matches on payload fields, all of them must hold
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class IndexPoint:
+    id: str  # a UUID (see point_id)
+    vector: Sequence[float]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def point_id(content_hash: str) -> str:
+    """The point id of an item: a UUID derived from its content hash, so ingest is idempotent."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vlmops:{content_hash}"))
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"collection name {name!r}: use 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def physical_name(collection: str, model: str, version: str, build: str = "") -> str:
+    """``<collection>__<model>-v<version>[__<build>]``: a person can tell what a physical collection holds."""
+    base = f"{check_name(collection)}__{model}-v{version}"
+    return f"{base}__{build}" if build else base
+
+
+class VectorIndex(ABC):
+    """Physical collections of unit vectors (cosine) with payloads, and aliases naming them."""
+
+    @abstractmethod
+    def create(self, physical: str, dim: int, keyword_fields: Sequence[str] = ()) -> None:
+        """Create an empty collection; payload indexes on ``keyword_fields``."""
+
+    @abstractmethod
+    def drop(self, physical: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, physical: str) -> bool: ...
+
+    @abstractmethod
+    def physical_collections(self) -> list[str]: ...
+
+    @abstractmethod
+    def upsert(self, physical: str, points: Sequence[IndexPoint]) -> None: ...
+
+    @abstractmethod
+    def delete(self, physical: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def count(self, physical: str) -> int: ...
+
+    @abstractmethod
+    def search(
+        self,
+        physical: str,
+        vector: Sequence[float],
+        top_k: int = 10,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]: ...
+
+    @abstractmethod
+    def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
+        """Every point with its vector and payload."""
+
+    @abstractmethod
+    def set_alias(self, alias: str, physical: str) -> None:
+        """Point ``alias`` at ``physical`` atomically: readers see the old target or the new one."""
+
+    @abstractmethod
+    def resolve(self, alias: str) -> str | None: ...
+
+    @abstractmethod
+    def delete_alias(self, alias: str) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without resources
+        """Release files and connections."""
