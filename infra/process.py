@@ -18,6 +18,7 @@ SERVICES: dict[str, str] = {
     "captioning": "services.captioning:CaptioningService",
     "vqa": "services.vqa:VQAService",
     "grounding": "services.grounding:GroundingService",
+    "search": "services.search:SearchService",
 }
 
 

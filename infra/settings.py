@@ -63,17 +63,34 @@ class GroundingSettings(ServiceSettings):
     max_text_chars: int = Field(256, ge=1)
 
 
+class SearchSettings(BaseModel):
+    """The search service (``VLMOPS_SEARCH__*``)."""
+
+    embedding_url: str = Field("http://127.0.0.1:3000", description="the embedding service that embeds queries")
+    default_model: str = "vlmops-clip"
+    max_items: int = Field(256, ge=1, description="images in one ingest request")
+    max_top_k: int = Field(1000, ge=1)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_text_chars: int = Field(2048, ge=1)
+    threads: int = Field(8, ge=1, description="requests handled at once (each waits mostly on the embedding service)")
+    access_log: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Path(".vlmops")
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite under VLMOPS_HOME")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    qdrant_url: str | None = Field(None, description="a Qdrant server; default: Qdrant Edge in-process under HOME")
+    blob_root: str | None = Field(None, description="fsspec URI of the blob store; default: HOME/blobs")
     up_services: str = Field("embedding,captioning,vqa,grounding", description="what `vlmops up` starts")
     embedding: EmbeddingSettings = EmbeddingSettings()
     captioning: CaptioningSettings = CaptioningSettings()
     vqa: VQASettings = VQASettings()
     grounding: GroundingSettings = GroundingSettings()
+    search: SearchSettings = SearchSettings()
 
     @property
     def tracking_uri(self) -> str:
@@ -84,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> str:
         return (self.home.resolve() / "mlartifacts").as_uri()
+
+    @property
+    def blob_uri(self) -> str:
+        return self.blob_root or str(self.home.resolve() / "blobs")
 
     @property
     def model_cache_dir(self) -> Path:

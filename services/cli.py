@@ -138,7 +138,7 @@ def models_rollback(name: str, reason: str) -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding"]))
+@click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding", "search"]))
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
 def serve(service: str, port: int, host: str) -> None:

@@ -4,6 +4,21 @@ one alias per collection name, switched atomically."""
 
 from __future__ import annotations
 
+from infra.settings import Settings
 from infra.vector_index.base import Hit, IndexPoint, VectorIndex, physical_name, point_id
 
-__all__ = ["Hit", "IndexPoint", "VectorIndex", "physical_name", "point_id"]
+
+def open_index(settings: Settings) -> VectorIndex:
+    """The backend settings choose: a Qdrant server at VLMOPS_QDRANT_URL, else Qdrant Edge under HOME."""
+    if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
+        from infra.vector_index.server import ServerIndex
+
+        return ServerIndex(QdrantClient(url=settings.qdrant_url))
+    from infra.vector_index.edge import EdgeIndex
+
+    return EdgeIndex(settings.ensure_home().resolve() / "index")
+
+
+__all__ = ["Hit", "IndexPoint", "VectorIndex", "open_index", "physical_name", "point_id"]

@@ -84,6 +84,10 @@ class VectorIndex(ABC):
     ) -> list[Hit]: ...
 
     @abstractmethod
+    def get(self, physical: str, ids: Sequence[str]) -> list[IndexPoint]:
+        """The points with these ids (vectors and payloads); unknown ids are left out."""
+
+    @abstractmethod
     def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
         """Every point with its vector and payload."""
 

@@ -106,6 +106,10 @@ class EdgeIndex(VectorIndex):
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._shard(physical).query(request)]
 
+    def get(self, physical: str, ids: Sequence[str]) -> list[IndexPoint]:
+        records = self._shard(physical).retrieve(list(ids), with_payload=True, with_vector=True)
+        return [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
+
     def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
         shard = self._shard(physical)
         offset: Any = None

@@ -83,6 +83,11 @@ class ServerIndex(VectorIndex):
         ).points
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
 
+    def get(self, physical: str, ids: Sequence[str]) -> list[IndexPoint]:
+        self._require(physical)
+        records = self.client.retrieve(physical, list(ids), with_payload=True, with_vectors=True)
+        return [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
+
     def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
         self._require(physical)
         offset = None

@@ -91,6 +91,9 @@ class TestVectorIndexContract:
         got = {p.id: p for p in index.scroll("c", batch=7)}
         assert set(got) == {p.id for p in pts}
         np.testing.assert_allclose(got[pts[3].id].vector, pts[3].vector, atol=1e-5)
+        (one,) = index.get("c", [pts[4].id, point_id("absent")])
+        assert one.id == pts[4].id and one.payload == pts[4].payload
+        np.testing.assert_allclose(one.vector, pts[4].vector, atol=1e-5)
 
     def test_alias_switch_moves_readers_to_the_new_collection(self, index: VectorIndex) -> None:
         old, new = physical_name("photos", "clip", "1"), physical_name("photos", "clip", "2")
