@@ -177,8 +177,10 @@ class TestBatchingAndVersions:
             results = list(pool.map(lambda t: client.embed_text([t]).vectors[0], texts * 3))
         assert len(results) == 36
         assert batched(service.url, "embed_text"), "every batch held one item"
-        metrics = httpx.get(f"{service.url}/metrics").text
-        assert "vlmops_embedding_items_total" in metrics
+        deadline = time.monotonic() + 10  # the counter lands in the multiprocess registry asynchronously
+        while "vlmops_embedding_items_total" not in httpx.get(f"{service.url}/metrics").text:
+            assert time.monotonic() < deadline, "vlmops_embedding_items_total is not exported"
+            time.sleep(0.5)
 
     def test_pinned_version_promotion_and_rollback_without_restart(
         self, client: EmbeddingClient, registry: RegistryStore
