@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,6 +138,75 @@ class Catalog:
             for physical in meta.get("versions", {}):
                 self.index.drop(physical)
 
+    # ---------------------------------------------------------------- rebuilds (reindex protocol)
+    def start_build(self, name: str, version: str) -> dict[str, str]:
+        """A staging collection for ``version`` (the same one again if that build is already running)."""
+        with self._lock:
+            info = self.info(name)
+            data = self._read()
+            meta = data[name]
+            build = meta.get("build")
+            if build and build["version"] == version:
+                return dict(build)
+            if build:
+                raise InvalidInput(f"{name!r} is already being rebuilt for version {build['version']}")
+            if version == info.version:
+                raise InvalidInput(f"{name!r} is already embedded by version {version}")
+            physical = physical_name(name, info.model, version)
+            if self.index.exists(physical):  # left over from an aborted build: start clean
+                self.index.drop(physical)
+            self.index.create(physical, info.dim, keyword_fields=[*info.keyword_fields, *RESERVED])
+            meta["build"] = {"physical": physical, "version": version, "live": info.physical}
+            meta.setdefault("versions", {})[physical] = version
+            self._write(data)
+            return dict(meta["build"])
+
+    def items(self, name: str, offset: int, limit: int) -> list[IndexPoint]:
+        """A page of the live collection's items (ids and payloads, blob keys included), in a stable order."""
+        info = self.info(name)
+        ids = sorted(p.id for p in self.index.scroll(info.physical))
+        return [IndexPoint(p.id, [], p.payload) for p in self.index.get(info.physical, ids[offset : offset + limit])]
+
+    def write_build(self, name: str, physical: str, points: Sequence[IndexPoint]) -> int:
+        build = self._read().get(name, {}).get("build")
+        if not build or build["physical"] != physical:
+            raise NotFound(f"no running build {physical!r} of {name!r}")
+        self.index.upsert(physical, points)
+        return self.index.count(physical)
+
+    def finish_build(self, name: str, physical: str) -> CollectionInfo:
+        """Swap the alias to the staging collection, atomically, once it holds every live item."""
+        with self._lock:
+            data = self._read()
+            meta = data.get(name, {})
+            build = meta.get("build")
+            if not build or build["physical"] != physical:
+                raise NotFound(f"no running build {physical!r} of {name!r}")
+            live_ids = {p.id for p in self.index.scroll(build["live"])}
+            staged = {p.id for p in self.index.get(physical, sorted(live_ids))}
+            if missing := live_ids - staged:
+                raise InvalidInput(f"build {physical!r} lacks {len(missing)} live items: not swapped")
+            self.index.set_alias(name, physical)
+            meta.pop("build")
+            meta.setdefault("retired", {})[build["live"]] = time.time()
+            self._write(data)
+        return self.info(name)
+
+    def drop_retired(self, grace_s: float) -> list[str]:
+        """Drop physical collections retired more than ``grace_s`` ago (searches in flight have finished)."""
+        dropped = []
+        with self._lock:
+            data = self._read()
+            for meta in data.values():
+                for physical, since in list(meta.get("retired", {}).items()):
+                    if time.time() - since >= grace_s:
+                        self.index.drop(physical)
+                        meta["retired"].pop(physical)
+                        meta.get("versions", {}).pop(physical, None)
+                        dropped.append(physical)
+            self._write(data)
+        return dropped
+
     # ---------------------------------------------------------------- ingest and search
     def ingest(
         self, name: str, images: Sequence[bytes], payloads: Sequence[dict[str, Any]], embed: ImageEmbedder
@@ -148,14 +218,21 @@ class Catalog:
             if clash := [k for k in RESERVED if k in p]:
                 raise InvalidInput(f"payload keys {clash} are reserved")
         info = self.info(name)
-        vectors = embed(images, info.version)
         keys = [self.blobs.put(data) for data in images]
-        points = [
-            IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
-            for key, vec, payload in zip(keys, vectors, payloads, strict=True)
-        ]
-        self.index.upsert(info.physical, points)
-        return [p.id for p in points]
+        targets = [(info.physical, info.version)]
+        build = self._read()[name].get("build")
+        if build:  # a rebuild is running: new items go into the staging collection too, with its version
+            targets.append((build["physical"], build["version"]))
+        ids: list[str] = []
+        for physical, version in targets:
+            vectors = embed(images, version)
+            points = [
+                IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
+                for key, vec, payload in zip(keys, vectors, payloads, strict=True)
+            ]
+            self.index.upsert(physical, points)
+            ids = [p.id for p in points]
+        return ids
 
     def search(
         self,

@@ -77,6 +77,16 @@ class SearchSettings(BaseModel):
     access_log: bool = False
 
 
+class WorkerSettings(BaseModel):
+    """Celery workers and the jobs they run (``VLMOPS_WORKER__*``)."""
+
+    search_url: str = "http://127.0.0.1:3010"
+    embedding_url: str = "http://127.0.0.1:3000"
+    page_size: int = Field(64, ge=1, description="items a reindex job re-embeds per step")
+    grace_s: float = Field(60.0, ge=0, description="how long a replaced collection stays before it is dropped")
+    visibility_timeout_s: int = Field(4 * 3600, ge=1, description="above the longest job (Redis redelivery)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore")
 
@@ -85,12 +95,15 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     qdrant_url: str | None = Field(None, description="a Qdrant server; default: Qdrant Edge in-process under HOME")
     blob_root: str | None = Field(None, description="fsspec URI of the blob store; default: HOME/blobs")
+    broker_url: str | None = Field(None, description="e.g. redis://host:6379/0; default: sqlite under HOME")
+    result_backend: str | None = Field(None, description="default: the Redis broker, or sqlite under HOME")
     up_services: str = Field("embedding,captioning,vqa,grounding", description="what `vlmops up` starts")
     embedding: EmbeddingSettings = EmbeddingSettings()
     captioning: CaptioningSettings = CaptioningSettings()
     vqa: VQASettings = VQASettings()
     grounding: GroundingSettings = GroundingSettings()
     search: SearchSettings = SearchSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @property
     def tracking_uri(self) -> str:

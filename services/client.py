@@ -22,7 +22,7 @@ class ServiceError(VlmopsError):
         self.message = message
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def raise_for_status(resp: httpx.Response) -> None:
     if resp.status_code < 400:
         return
     try:
@@ -63,7 +63,7 @@ class EmbeddingClient:
 
     def post(self, route: str, payload: dict[str, Any]) -> Any:
         resp = self.http.post(route, json=payload)
-        _raise_for(resp)
+        raise_for_status(resp)
         return resp.json()
 
     @staticmethod

@@ -20,7 +20,7 @@ from infra.catalog import Catalog, as_dict
 from infra.errors import InvalidInput, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
 from infra.settings import Settings
-from infra.vector_index import open_index
+from infra.vector_index import IndexPoint, open_index
 from registry.store import PRODUCTION, RegistryStore
 from services.client import EmbeddingClient
 from services.edge import http_errors
@@ -40,6 +40,12 @@ class IngestItem(BaseModel):
         if (self.image is None) == (self.uri is None):
             raise ValueError("give exactly one of image and uri")
         return self
+
+
+class BuildPoint(BaseModel):
+    id: str
+    vector_b64: str = Field(description="base64 of little-endian float32")
+    payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class ResultOut(BaseModel):
@@ -161,3 +167,35 @@ class SearchService:
                     collection, lambda v: self._embed_images([data], v)[0], top_k, filter, score_threshold
                 )
             return [ResultOut(**as_dict(r)) for r in found]
+
+    # ------------------------------------------------------------------ rebuilds (driven by the reindex job)
+    @bentoml.api(route="/builds/start")
+    def start_build(self, collection: str, version: str) -> dict:
+        """Open (or reopen) the staging collection that ``version`` will fill; new ingests go there too."""
+        with http_errors():
+            info = self.catalog.info(collection)
+            self.store.get(info.model, version)  # 404 for a version the registry does not have
+            return {**self.catalog.start_build(collection, version), "model": info.model}
+
+    @bentoml.api(route="/builds/items")
+    def build_items(self, collection: str, offset: int = 0, limit: int = 256) -> list[dict]:
+        """A page of the live items to re-embed: id, blob key, payload."""
+        with http_errors():
+            return [{"id": p.id, "payload": p.payload} for p in self.catalog.items(collection, offset, limit)]
+
+    @bentoml.api(route="/builds/write")
+    def write_build(self, collection: str, physical: str, points: list[BuildPoint]) -> dict:
+        with http_errors():
+            decoded = [
+                IndexPoint(p.id, np.frombuffer(decode_base64(p.vector_b64, "vector"), dtype="<f4").tolist(), p.payload)
+                for p in points
+            ]
+            return {"count": self.catalog.write_build(collection, physical, decoded)}
+
+    @bentoml.api(route="/builds/finish")
+    def finish_build(self, collection: str, physical: str, grace_s: float = 60.0) -> dict:
+        """Swap the alias atomically; collections retired more than ``grace_s`` ago are dropped."""
+        with http_errors():
+            info = self.catalog.finish_build(collection, physical)
+            dropped = self.catalog.drop_retired(grace_s)
+            return {**as_dict(info), "count": self.catalog.count(collection), "dropped": dropped}

@@ -1,0 +1,97 @@
+"""Re-embed every item of a collection with another model version, into a staging collection that the
+search service swaps in atomically when it is complete.
+
+A pipeline of small stages: ``pages`` (reader: the live items, a page at a time) → ``embed_page``
+(mapper: originals from the blob store, embedded by the embedding service pinned to the version) →
+``write_page`` (writer: vectors streamed to the search service) → ``run_reindex`` (runner). Every
+write is an idempotent upsert by item id, so a job that is killed and redelivered runs again from
+the start and ends with the same items, none lost, none duplicated.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from infra.blobs import BlobStore
+from services.client import EmbeddingClient, raise_for_status
+
+Progress = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    collection: str
+    version: str
+    physical: str
+    count: int
+    dropped: list[str]
+
+
+class SearchAdmin:
+    """The search service's rebuild API."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=300)
+
+    def post(self, route: str, **body: Any) -> Any:
+        resp = self.http.post(route, json=body)
+        raise_for_status(resp)
+        return resp.json()
+
+
+def pages(search: SearchAdmin, collection: str, size: int) -> Iterator[list[dict[str, Any]]]:
+    offset = 0
+    while page := search.post("/builds/items", collection=collection, offset=offset, limit=size):
+        yield page
+        offset += len(page)
+
+
+def embed_page(page: list[dict[str, Any]], blobs: BlobStore, embedder: EmbeddingClient, version: str) -> np.ndarray:
+    images = [blobs.get(item["payload"]["blob"]) for item in page]
+    emb = embedder.embed_image(images, model_version=version)
+    if set(emb.versions) != {version}:
+        raise RuntimeError(f"asked for version {version}, embedded by {set(emb.versions)}")
+    return emb.vectors
+
+
+def write_page(
+    search: SearchAdmin, collection: str, physical: str, page: list[dict[str, Any]], vectors: np.ndarray
+) -> int:
+    points = [
+        {
+            "id": item["id"],
+            "vector_b64": base64.b64encode(vec.astype("<f4").tobytes()).decode(),
+            "payload": item["payload"],
+        }
+        for item, vec in zip(page, vectors, strict=True)
+    ]
+    return int(search.post("/builds/write", collection=collection, physical=physical, points=points)["count"])
+
+
+def run_reindex(
+    collection: str,
+    version: str,
+    search: SearchAdmin,
+    embedder: EmbeddingClient,
+    blobs: BlobStore,
+    page_size: int = 64,
+    grace_s: float = 60.0,
+    progress: Progress | None = None,
+) -> ReindexResult:
+    build = search.post("/builds/start", collection=collection, version=version)
+    done = 0
+    for page in pages(search, collection, page_size):
+        write_page(search, collection, build["physical"], page, embed_page(page, blobs, embedder, version))
+        done += len(page)
+        if progress is not None:
+            progress(done, "embedding")
+    out = search.post("/builds/finish", collection=collection, physical=build["physical"], grace_s=grace_s)
+    if progress is not None:
+        progress(done, "swapped")
+    return ReindexResult(collection, version, out["physical"], int(out["count"]), list(out["dropped"]))

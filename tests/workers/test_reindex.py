@@ -1,0 +1,185 @@
+"""Reindex through a real Celery worker while a client searches: no failed search, no mixed versions,
+the same items before and after. On the Redis broker and on the embedded (sqlite) one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from infra.images import encode_png, to_base64
+from infra.process import ServiceProcess
+from infra.toyworld import Split, ToyWorld
+from registry.families.clip import ClipModel
+from registry.store import RegistryStore
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow
+MODEL = "vlmops-clip"
+N_ITEMS = 96
+
+
+def ensure_redis() -> None:
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2)
+    try:
+        client.ping()
+        return
+    except redis.ConnectionError:
+        if shutil.which("redis-server") is None:
+            pytest.skip("Redis is not running and redis-server is not installed")
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+    )
+    for _ in range(50):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    pytest.skip("Redis did not start")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, dict[str, float]]
+) -> Iterator[dict[str, Any]]:
+    home = tmp_path_factory.mktemp("reindex-home")
+    store = RegistryStore.from_settings(make_settings(home))
+    store.promote(MODEL, store.register(MODEL, toy_clip[0]).version)
+    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
+    with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
+        env["VLMOPS_SEARCH__EMBEDDING_URL"] = emb.url
+        with ServiceProcess("search", env=env, log_path=home / "search.log") as search:
+            yield {
+                "home": home,
+                "store": store,
+                "env": {
+                    **env,
+                    "VLMOPS_WORKER__SEARCH_URL": search.url,
+                    "VLMOPS_WORKER__EMBEDDING_URL": emb.url,
+                    "VLMOPS_WORKER__PAGE_SIZE": "8",
+                },
+                "search": search.url,
+            }
+
+
+def call(url: str, route: str, **body: Any) -> Any:
+    resp = httpx.post(f"{url}{route}", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def make_collection(url: str, name: str) -> None:
+    call(url, "/collections/create", name=name)
+    samples = list(ToyWorld().samples(N_ITEMS, Split.TEST, n_objects=1, start=7000))
+    for start in range(0, N_ITEMS, 48):
+        items = [
+            {"image": to_base64(encode_png(s.image)), "payload": {"label": s.label}}
+            for s in samples[start : start + 48]
+        ]
+        call(url, "/ingest", collection=name, items=items)
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    celery = str(Path(sys.executable).with_name("celery"))
+    cmd = [
+        celery,
+        "-A",
+        "workers.app",
+        "worker",
+        "-P",
+        "solo",
+        "-c",
+        "1",
+        "--loglevel=INFO",
+        "-n",
+        f"w{uuid.uuid4().hex[:6]}@%h",
+    ]
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )  # noqa: SIM115
+
+
+def count(url: str, name: str) -> tuple[int, str]:
+    row = next(c for c in call(url, "/collections/list") if c["name"] == name)
+    return int(row["count"]), str(row["version"])
+
+
+@pytest.mark.parametrize("broker", ["redis", "embedded"])
+def test_reindex_under_search_load_never_mixes_versions(stack: dict[str, Any], broker: str, tmp_path: Path) -> None:
+    name = f"toys-{broker}"
+    url = stack["search"]
+    make_collection(url, name)
+    v2 = stack["store"].register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=7)).version
+    env = dict(stack["env"])
+    if broker == "redis":
+        ensure_redis()
+        env["VLMOPS_BROKER_URL"] = f"redis://127.0.0.1:6379/{7}"
+    before = count(url, name)
+    assert before == (N_ITEMS, "1")
+
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            try:
+                hits = httpx.post(
+                    f"{url}/search", json={"collection": name, "text": "a red circle", "top_k": 5}, timeout=60
+                )
+                if hits.status_code != 200:
+                    failures.append(hits.text)
+                    continue
+                versions = {h["version"] for h in hits.json()}
+                if len(versions) != 1:
+                    failures.append(f"mixed versions {versions}")
+                seen.extend(versions)
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+    worker = start_worker(env, tmp_path / "worker.log")
+    loop = threading.Thread(target=search_loop)
+    loop.start()
+    try:
+        from workers.app import make_app
+
+        app = make_app(make_settings(stack["home"], broker_url=env.get("VLMOPS_BROKER_URL")))
+        result = app.send_task("vlmops.reindex", args=[name, v2])
+        out = result.get(timeout=240)
+    finally:
+        stop.set()
+        loop.join()
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert out["version"] == v2 and out["count"] == N_ITEMS
+    assert failures == []
+    assert seen and seen[0] == "1" and seen[-1] == v2
+    switch = seen.index(v2)
+    assert set(seen[:switch]) == {"1"} and set(seen[switch:]) == {v2}, "a search went back to the old version"
+    assert count(url, name) == (N_ITEMS, v2)

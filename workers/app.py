@@ -1,0 +1,38 @@
+"""The Celery app, configured from settings: Redis in production (``VLMOPS_BROKER_URL``), a broker
+that needs no server (kombu's SQLAlchemy transport on sqlite under ``VLMOPS_HOME``) by default.
+
+Jobs are acknowledged late and rejected when their worker is lost, one at a time per worker, so a
+killed worker's job is redelivered and runs again (every job is idempotent)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from infra.settings import Settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings()
+    home = settings.ensure_home().resolve()
+    broker = settings.broker_url or f"sqla+sqlite:///{home / 'celery-broker.db'}"
+    backend = settings.result_backend or (
+        broker if broker.startswith("redis") else f"db+sqlite:///{home / 'celery-results.db'}"
+    )
+    app = Celery("vlmops", broker=broker, backend=backend, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        result_extended=True,
+    )
+    if broker.startswith("redis"):  # redelivery of unacknowledged jobs after this long
+        app.conf.broker_transport_options = {"visibility_timeout": settings.worker.visibility_timeout_s}
+    return app
+
+
+app = make_app()

@@ -1,0 +1,40 @@
+"""Celery tasks: thin wrappers over library code, reporting progress through task state."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from celery import Task
+
+from infra.blobs import BlobStore
+from infra.reindex import SearchAdmin, run_reindex
+from infra.settings import Settings
+from registry.store import PRODUCTION, RegistryStore
+from services.client import EmbeddingClient
+from workers.app import app
+
+
+@app.task(bind=True, name="vlmops.reindex")
+def reindex(self: Task, collection: str, version: str | None = None) -> dict[str, Any]:
+    """Re-embed ``collection`` with ``version`` (default: production of its model) and swap it in."""
+    settings = Settings()
+    search = SearchAdmin(settings.worker.search_url)
+    if version is None:
+        model = next(c["model"] for c in search.post("/collections/list") if c["name"] == collection)
+        version = RegistryStore.from_settings(settings).by_alias(model, PRODUCTION).version
+
+    def progress(done: int, stage: str) -> None:
+        self.update_state(state="PROGRESS", meta={"done": done, "stage": stage, "version": version})
+
+    result = run_reindex(
+        collection,
+        version,
+        search,
+        EmbeddingClient(settings.worker.embedding_url),
+        BlobStore(settings.blob_uri),
+        page_size=settings.worker.page_size,
+        grace_s=settings.worker.grace_s,
+        progress=progress,
+    )
+    return asdict(result)
