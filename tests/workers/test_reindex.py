@@ -183,3 +183,39 @@ def test_reindex_under_search_load_never_mixes_versions(stack: dict[str, Any], b
     switch = seen.index(v2)
     assert set(seen[:switch]) == {"1"} and set(seen[switch:]) == {v2}, "a search went back to the old version"
     assert count(url, name) == (N_ITEMS, v2)
+
+
+def test_a_killed_worker_is_redelivered_and_the_job_completes(stack: dict[str, Any], tmp_path: Path) -> None:
+    ensure_redis()
+    name = "toys-killed"
+    url = stack["search"]
+    make_collection(url, name)
+    v3 = stack["store"].register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=11)).version
+    broker = "redis://127.0.0.1:6379/8"
+    redis.Redis.from_url(broker).flushdb()
+    env = {
+        **stack["env"],
+        "VLMOPS_BROKER_URL": broker,
+        "VLMOPS_WORKER__PAGE_SIZE": "2",
+        "VLMOPS_WORKER__VISIBILITY_TIMEOUT_S": "3",
+    }
+    from workers.app import make_app
+
+    app = make_app(make_settings(stack["home"], broker_url=broker))
+    first = start_worker(env, tmp_path / "worker1.log")
+    result = app.send_task("vlmops.reindex", args=[name, v3])
+    deadline = time.monotonic() + 120
+    while not (result.state == "PROGRESS" and (result.info or {}).get("done", 0) >= 10):
+        assert time.monotonic() < deadline, f"the job never got going: {result.state}"
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)  # mid-job: unacknowledged
+    first.wait()
+    assert count(url, name) == (N_ITEMS, "1")  # nothing swapped yet
+    second = start_worker(env, tmp_path / "worker2.log")
+    try:
+        out = result.get(timeout=240)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)
+    assert out["count"] == N_ITEMS and out["version"] == v3
+    assert count(url, name) == (N_ITEMS, v3)
