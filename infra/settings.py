@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     blob_root: str | None = Field(None, description="fsspec URI of the blob store; default: HOME/blobs")
     broker_url: str | None = Field(None, description="e.g. redis://host:6379/0; default: sqlite under HOME")
     result_backend: str | None = Field(None, description="default: the Redis broker, or sqlite under HOME")
-    up_services: str = Field("embedding,captioning,vqa,grounding", description="what `vlmops up` starts")
+    up_services: str = Field("embedding,search,captioning,vqa,grounding", description="what `vlmops up` starts")
     embedding: EmbeddingSettings = EmbeddingSettings()
     captioning: CaptioningSettings = CaptioningSettings()
     vqa: VQASettings = VQASettings()

@@ -118,23 +118,48 @@ def models_list(name: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("version")
 @click.option("--reason", default="", help="recorded with the event")
-def models_promote(name: str, version: str, reason: str) -> None:
+@click.option("--reindex/--no-reindex", default=True, help="re-embed the collections that use this model")
+def models_promote(name: str, version: str, reason: str, reindex: bool) -> None:
     """Point the ``production`` alias at VERSION (the event is recorded in the registry)."""
     from registry.store import RegistryStore
 
     event = RegistryStore.from_settings(_settings()).promote(name, version, reason=reason)
     click.echo(f"{name}: production {event.previous or '-'} -> {event.version}")
+    if reindex:
+        _reindex_users_of(name)
+
+
+def _reindex_users_of(name: str) -> None:
+    """Enqueue a reindex of every collection that uses ``name`` (its production version changed)."""
+    import httpx
+
+    settings = _settings()
+    try:
+        collections = httpx.post(f"{settings.worker.search_url}/collections/list", json={}, timeout=10).json()
+    except httpx.HTTPError as exc:
+        click.echo(f"warning: search service unreachable ({exc}); no reindex enqueued", err=True)
+        return
+    from workers.app import make_app
+
+    app = make_app(settings)
+    for c in collections:
+        if c["model"] == name:
+            task = app.send_task("vlmops.reindex", args=[c["name"]])
+            click.echo(f"reindex of {c['name']!r} enqueued: {task.id}")
 
 
 @models.command("rollback")
 @click.argument("name")
 @click.option("--reason", default="", help="recorded with the event")
-def models_rollback(name: str, reason: str) -> None:
+@click.option("--reindex/--no-reindex", default=True, help="re-embed the collections that use this model")
+def models_rollback(name: str, reason: str, reindex: bool) -> None:
     """Move ``production`` back to the version before the last promotion."""
     from registry.store import RegistryStore
 
     event = RegistryStore.from_settings(_settings()).rollback(name, reason=reason)
     click.echo(f"{name}: production {event.previous} -> {event.version} (rolled back)")
+    if reindex:
+        _reindex_users_of(name)
 
 
 @main.command()
@@ -152,7 +177,8 @@ def serve(service: str, port: int, host: str) -> None:
 @main.command()
 @click.option("--services", default=None, help="comma-separated names; default: VLMOPS_UP_SERVICES")
 @click.option("--port", default=3000, show_default=True, help="first port; services take consecutive ports")
-def up(services: str | None, port: int) -> None:
+@click.option("--worker/--no-worker", default=True, help="also run a Celery worker for the jobs")
+def up(services: str | None, port: int, worker: bool) -> None:
     """Start the model services on this machine, each a real server process; Ctrl-C stops them all."""
     import signal
     import time
@@ -165,8 +191,16 @@ def up(services: str | None, port: int) -> None:
     if unknown:
         raise click.BadParameter(f"unknown services {unknown} (known: {', '.join(SERVICES)})", param_hint="--services")
     home = settings.ensure_home().resolve()
+    ports = {n: port + i for i, n in enumerate(names)}
     env = {"VLMOPS_HOME": str(home)}
-    procs = [ServiceProcess(n, port=port + i, env=env, log_path=home / f"{n}.log") for i, n in enumerate(names)]
+    if "embedding" in ports:
+        env["VLMOPS_SEARCH__EMBEDDING_URL"] = env["VLMOPS_WORKER__EMBEDDING_URL"] = (
+            f"http://127.0.0.1:{ports['embedding']}"
+        )
+    if "search" in ports:
+        env["VLMOPS_WORKER__SEARCH_URL"] = f"http://127.0.0.1:{ports['search']}"
+    procs = [ServiceProcess(n, port=ports[n], env=env, log_path=home / f"{n}.log") for n in names]
+    workers = []
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -175,6 +209,14 @@ def up(services: str | None, port: int) -> None:
     try:
         for proc in procs:
             proc.launch()
+        if worker:
+            import subprocess
+            import sys
+
+            log = open(home / "worker.log", "ab")  # noqa: SIM115
+            cmd = [str(Path(sys.executable).with_name("vlmops")), "worker"]
+            workers.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT))
+            click.echo(f"{'worker':<11} celery (logs: {home / 'worker.log'})")
         for proc in procs:
             proc.wait_live()
             click.echo(
@@ -189,6 +231,85 @@ def up(services: str | None, port: int) -> None:
     finally:
         for proc in procs:
             proc.stop()
+        for w in workers:
+            w.terminate()
+            w.wait(timeout=30)
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run a Celery worker for the jobs (reindex) on the configured broker."""
+    from workers.app import app
+
+    app.worker_main(["worker", "-P", "solo", "-c", "1", f"--loglevel={loglevel}"])
+
+
+@main.command()
+@click.argument("collection")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--create", is_flag=True, help="create the collection first")
+@click.option("--batch", default=32, show_default=True)
+def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int) -> None:
+    """Ingest image files (or folders of them) into COLLECTION through the search service."""
+    from tqdm import tqdm
+
+    from infra.images import to_base64
+    from infra.reindex import SearchAdmin
+
+    search = SearchAdmin(_settings().worker.search_url)
+    if create:
+        search.post("/collections/create", name=collection)
+    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    with tqdm(total=len(files), desc=f"ingesting into {collection}", unit="img") as bar:
+        for start in range(0, len(files), batch):
+            chunk = files[start : start + batch]
+            items = [{"image": to_base64(f.read_bytes()), "payload": {"file": f.name}} for f in chunk]
+            out = search.post("/ingest", collection=collection, items=items)
+            bar.update(len(chunk))
+    click.echo(f"{collection}: {out['count']} items")
+
+
+@main.command()
+@click.argument("collection")
+@click.argument("query")
+@click.option("--image", is_flag=True, help="QUERY is an image file")
+@click.option("--top-k", default=10, show_default=True)
+def search(collection: str, query: str, image: bool, top_k: int) -> None:
+    """Search COLLECTION by text (or by an image file with --image)."""
+    from infra.images import to_base64
+    from infra.reindex import SearchAdmin
+
+    body = {"image": to_base64(Path(query).read_bytes())} if image else {"text": query}
+    hits = SearchAdmin(_settings().worker.search_url).post("/search", collection=collection, top_k=top_k, **body)
+    for h in hits:
+        click.echo(f"{h['score']:.4f}  v{h['version']}  {h['id']}  {json.dumps(h['payload'])}  {h['blob_uri']}")
+
+
+@main.command()
+@click.argument("collection")
+@click.option("--version", default=None, help="default: production of the collection's model")
+@click.option("--wait/--no-wait", default=True, help="follow the job with a progress bar")
+def reindex(collection: str, version: str | None, wait: bool) -> None:
+    """Re-embed COLLECTION with another model version as a Celery job; the alias swaps when it completes."""
+    import time
+
+    from tqdm import tqdm
+
+    from workers.app import make_app
+
+    task = make_app(_settings()).send_task("vlmops.reindex", args=[collection, version])
+    click.echo(f"job {task.id}")
+    if not wait:
+        return
+    with tqdm(desc=f"reindexing {collection}", unit="item") as bar:
+        while not task.ready():
+            info = task.info if isinstance(task.info, dict) else {}
+            bar.n = int(info.get("done", 0))
+            bar.set_postfix(stage=info.get("stage", task.state), refresh=True)
+            time.sleep(0.5)
+    out = task.get()
+    click.echo(f"{collection}: {out['count']} items now embedded by version {out['version']} ({out['physical']})")
 
 
 @main.command()

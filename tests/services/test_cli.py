@@ -80,7 +80,9 @@ class TestUp:
         port = free_port()
         vlmops = str(Path(sys.executable).with_name("vlmops"))
         env = {**os.environ, "VLMOPS_HOME": str(home)}
-        proc = subprocess.Popen([vlmops, "up", "--services", "embedding,vqa", "--port", str(port)], env=env)
+        proc = subprocess.Popen(
+            [vlmops, "up", "--services", "embedding,vqa", "--port", str(port), "--no-worker"], env=env
+        )
         try:
             wait_http(f"http://127.0.0.1:{port + 1}/readyz", 120, proc)
             # the VQA model is in production: ready; no CLIP version yet: embedding is live, not ready
