@@ -80,7 +80,7 @@ class SearchSettings(BaseModel):
 class WorkerSettings(BaseModel):
     """Celery workers and the jobs they run (``VLMOPS_WORKER__*``)."""
 
-    search_url: str = "http://127.0.0.1:3010"
+    search_url: str = "http://127.0.0.1:3001"
     embedding_url: str = "http://127.0.0.1:3000"
     page_size: int = Field(64, ge=1, description="items a reindex job re-embeds per step")
     grace_s: float = Field(60.0, ge=0, description="how long a replaced collection stays before it is dropped")

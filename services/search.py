@@ -3,7 +3,7 @@
 The only writer of the vector index. A query is embedded by the embedding service *with the model
 version of the collection behind the alias*, never another (see ``infra.catalog``).
 
-    bentoml serve services.search:SearchService --port 3010
+    bentoml serve services.search:SearchService --port 3001
 """
 
 from __future__ import annotations
