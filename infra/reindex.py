@@ -95,3 +95,22 @@ def run_reindex(
     if progress is not None:
         progress(done, "swapped")
     return ReindexResult(collection, version, out["physical"], int(out["count"]), list(out["dropped"]))
+
+
+def run_ingest(
+    collection: str,
+    uris: list[str],
+    search: SearchAdmin,
+    page_size: int = 32,
+    progress: Progress | None = None,
+) -> int:
+    """Bulk ingest: the search service reads each URI (a shared path or an fsspec URI) a page at a time.
+    Idempotent by content, so a redelivered job ends with the same items."""
+    count = 0
+    for start in range(0, len(uris), page_size):
+        page = uris[start : start + page_size]
+        out = search.post("/ingest", collection=collection, items=[{"uri": u, "payload": {"uri": u}} for u in page])
+        count = int(out["count"])
+        if progress is not None:
+            progress(start + len(page), "ingesting")
+    return count

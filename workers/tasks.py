@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from infra.blobs import BlobStore
-from infra.reindex import SearchAdmin, run_reindex
+from infra.reindex import SearchAdmin, run_ingest, run_reindex
 from infra.settings import Settings
 from registry.store import PRODUCTION, RegistryStore
 from services.client import EmbeddingClient
@@ -38,3 +38,15 @@ def reindex(self: Task, collection: str, version: str | None = None) -> dict[str
         progress=progress,
     )
     return asdict(result)
+
+
+@app.task(bind=True, name="vlmops.ingest")
+def ingest(self: Task, collection: str, uris: list[str]) -> dict[str, Any]:
+    """Bulk ingest of images at ``uris`` (paths on a shared volume or fsspec URIs) into ``collection``."""
+    settings = Settings()
+
+    def progress(done: int, stage: str) -> None:
+        self.update_state(state="PROGRESS", meta={"done": done, "total": len(uris), "stage": stage})
+
+    count = run_ingest(collection, uris, SearchAdmin(settings.worker.search_url), settings.worker.page_size, progress)
+    return {"collection": collection, "ingested": len(uris), "count": count}

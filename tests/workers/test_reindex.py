@@ -219,3 +219,28 @@ def test_a_killed_worker_is_redelivered_and_the_job_completes(stack: dict[str, A
         second.wait(timeout=30)
     assert out["count"] == N_ITEMS and out["version"] == v3
     assert count(url, name) == (N_ITEMS, v3)
+
+
+def test_bulk_ingest_job_reads_a_folder(stack: dict[str, Any], tmp_path: Path) -> None:
+    ensure_redis()
+    url = stack["search"]
+    call(url, "/collections/create", name="bulk")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, s in enumerate(ToyWorld().samples(20, Split.VAL, n_objects=1)):
+        (folder / f"{i}.png").write_bytes(encode_png(s.image))
+    uris = sorted(str(p) for p in folder.iterdir()) + [str(folder / "0.png")]  # a duplicate: stored once
+    broker = "redis://127.0.0.1:6379/9"
+    env = {**stack["env"], "VLMOPS_BROKER_URL": broker}
+    from workers.app import make_app
+
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        out = make_app(make_settings(stack["home"], broker_url=broker)).send_task("vlmops.ingest", args=["bulk", uris])
+        result = out.get(timeout=120)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert result == {"collection": "bulk", "ingested": 21, "count": 20}
+    hits = call(url, "/search", collection="bulk", text="a red circle", top_k=3)
+    assert hits and hits[0]["payload"]["uri"].startswith(str(folder))
