@@ -139,7 +139,8 @@ def test_reindex_under_search_load_never_mixes_versions(stack: dict[str, Any], b
     env = dict(stack["env"])
     if broker == "redis":
         ensure_redis()
-        env["VLMOPS_BROKER_URL"] = f"redis://127.0.0.1:6379/{7}"
+        env["VLMOPS_BROKER_URL"] = "redis://127.0.0.1:6379/7"
+        redis.Redis.from_url(env["VLMOPS_BROKER_URL"]).flushdb()  # nothing left from an earlier run
     before = count(url, name)
     assert before == (N_ITEMS, "1")
 
@@ -179,6 +180,9 @@ def test_reindex_under_search_load_never_mixes_versions(stack: dict[str, Any], b
         worker.wait(timeout=30)
     assert out["version"] == v2 and out["count"] == N_ITEMS
     assert failures == []
+    # a search in flight at the swap answers from the old collection; the next one from the new
+    after = call(url, "/search", collection=name, text="a red circle", top_k=5)
+    seen.extend({h["version"] for h in after})
     assert seen and seen[0] == "1" and seen[-1] == v2
     switch = seen.index(v2)
     assert set(seen[:switch]) == {"1"} and set(seen[switch:]) == {v2}, "a search went back to the old version"
@@ -231,6 +235,7 @@ def test_bulk_ingest_job_reads_a_folder(stack: dict[str, Any], tmp_path: Path) -
         (folder / f"{i}.png").write_bytes(encode_png(s.image))
     uris = sorted(str(p) for p in folder.iterdir()) + [str(folder / "0.png")]  # a duplicate: stored once
     broker = "redis://127.0.0.1:6379/9"
+    redis.Redis.from_url(broker).flushdb()
     env = {**stack["env"], "VLMOPS_BROKER_URL": broker}
     from workers.app import make_app
 
