@@ -29,6 +29,7 @@ lint: setup
 bench: setup
 	$(BIN)/python -m bench.embedding
 	$(BIN)/python -m bench.vision
+	$(BIN)/python -m bench.index
 
 serve: setup
 	$(BIN)/vlmops serve embedding --port 3000

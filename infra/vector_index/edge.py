@@ -19,7 +19,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from infra.errors import InvalidInput, NotFound
-from infra.vector_index.base import Filter, Hit, IndexPoint, VectorIndex
+from infra.vector_index.base import HNSW_EF, Filter, Hit, IndexPoint, VectorIndex
 
 
 def _filter(conditions: Filter | None) -> qe.Filter | None:
@@ -103,6 +103,7 @@ class EdgeIndex(VectorIndex):
             with_payload=True,
             filter=_filter(filter),
             score_threshold=score_threshold,
+            params=qe.SearchParams(hnsw_ef=HNSW_EF),
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._shard(physical).query(request)]
 

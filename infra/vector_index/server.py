@@ -12,7 +12,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from infra.errors import InvalidInput, NotFound
-from infra.vector_index.base import Filter, Hit, IndexPoint, VectorIndex
+from infra.vector_index.base import HNSW_EF, Filter, Hit, IndexPoint, VectorIndex
 
 
 def _filter(conditions: Filter | None) -> qm.Filter | None:
@@ -80,6 +80,7 @@ class ServerIndex(VectorIndex):
             query_filter=_filter(filter),
             score_threshold=score_threshold,
             with_payload=True,
+            search_params=qm.SearchParams(hnsw_ef=HNSW_EF),
         ).points
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
 
