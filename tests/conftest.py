@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistrySt
         return
     for uri in _postgres_database():
         yield RegistryStore.from_settings(make_settings(home, mlflow_tracking_uri=uri))
+
+
+@contextmanager
+def search_stack(home: Path, model: ClipModel, name: str = "vlmops-clip") -> Iterator[tuple[RegistryStore, str, str]]:
+    """``model`` registered as production of ``name``; embedding and search services running on ``home``.
+    Yields (registry, embedding URL, search URL)."""
+    from infra.process import ServiceProcess
+
+    store = RegistryStore.from_settings(make_settings(home))
+    store.promote(name, store.register(name, model).version)
+    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
+    with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
+        env["VLMOPS_SEARCH__EMBEDDING_URL"] = emb.url
+        with ServiceProcess("search", env=env, log_path=home / "search.log") as search:
+            yield store, emb.url, search.url

@@ -10,11 +10,9 @@ import httpx
 import pytest
 
 from infra.images import encode_png, to_base64
-from infra.process import ServiceProcess
 from infra.toyworld import Split, ToySample, ToyWorld, class_labels
 from registry.families.clip import ClipModel
-from registry.store import RegistryStore
-from tests.conftest import make_settings
+from tests.conftest import search_stack
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -22,14 +20,8 @@ MODEL = "vlmops-clip"
 
 @pytest.fixture(scope="module")
 def urls(tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, dict[str, float]]) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("search-home")
-    store = RegistryStore.from_settings(make_settings(home))
-    store.promote(MODEL, store.register(MODEL, toy_clip[0]).version)
-    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
-    with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
-        env["VLMOPS_SEARCH__EMBEDDING_URL"] = emb.url
-        with ServiceProcess("search", env=env, log_path=home / "search.log") as search:
-            yield search.url
+    with search_stack(tmp_path_factory.mktemp("search-home"), toy_clip[0], MODEL) as (_, _, search_url):
+        yield search_url
 
 
 def call(url: str, route: str, **body: Any) -> httpx.Response:

@@ -20,11 +20,9 @@ import pytest
 import redis
 
 from infra.images import encode_png, to_base64
-from infra.process import ServiceProcess
 from infra.toyworld import Split, ToyWorld
 from registry.families.clip import ClipModel
-from registry.store import RegistryStore
-from tests.conftest import make_settings
+from tests.conftest import make_settings, search_stack
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -69,23 +67,11 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, dict[str, float]]
 ) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("reindex-home")
-    store = RegistryStore.from_settings(make_settings(home))
-    store.promote(MODEL, store.register(MODEL, toy_clip[0]).version)
-    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
-    with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
-        env["VLMOPS_SEARCH__EMBEDDING_URL"] = emb.url
-        with ServiceProcess("search", env=env, log_path=home / "search.log") as search:
-            yield {
-                "home": home,
-                "store": store,
-                "env": {
-                    **env,
-                    "VLMOPS_WORKER__SEARCH_URL": search.url,
-                    "VLMOPS_WORKER__EMBEDDING_URL": emb.url,
-                    "VLMOPS_WORKER__PAGE_SIZE": "8",
-                },
-                "search": search.url,
-            }
+    with search_stack(home, toy_clip[0], MODEL) as (store, emb_url, search_url):
+        env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
+        env |= {"VLMOPS_WORKER__SEARCH_URL": search_url, "VLMOPS_WORKER__EMBEDDING_URL": emb_url}
+        env |= {"VLMOPS_WORKER__PAGE_SIZE": "8"}
+        yield {"home": home, "store": store, "env": env, "search": search_url}
 
 
 def call(url: str, route: str, **body: Any) -> Any:
