@@ -106,10 +106,14 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    # the raw forward runs where the services run (Settings.device "auto"), at their precision ("auto": fp16 on CUDA)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     images = [s.image.resize((384, 384)) for s in ToyWorld().samples(16, Split.TEST)]
     payloads = [to_base64(jpeg(im)) for im in images]
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "threads": torch.get_num_threads(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,6 +122,10 @@ def main() -> None:
         for service, route, title, build in CASES:
             torch.manual_seed(0)
             model = build(home / f"tok-{service}")
+            if device != "cpu":
+                model.model.to(device)
+                model.device = device
+                model.configure_runtime("fp16")
             run = runner(service, model)
             row: dict[str, Any] = {
                 "model": title,
@@ -140,7 +148,8 @@ def main() -> None:
 
 
 def report(results: dict[str, Any], batch: int, clients: list[int]) -> None:
-    print(f"\nvision services, items/s (CPU, {results['threads']} threads; random weights)")
+    where = results["gpu"] or f"CPU, {results['threads']} threads"
+    print(f"\nvision services, items/s ({where}; random weights)")
     head = f"{'model':26} {'raw b1':>8} {'raw b' + str(batch):>8}"
     head += "".join(f" {'svc x' + str(c):>8}" for c in clients) + f" {'svc/raw':>8}"
     print(head)
@@ -151,7 +160,7 @@ def report(results: dict[str, Any], batch: int, clients: list[int]) -> None:
         ratio = row[f"service_c{clients[-1]}"]["requests_per_s"] / row[f"raw_b{batch}"]
         row["ratio_service_vs_raw"] = ratio
         print(line + f" {ratio:8.2f}")
-    write_results("vision-cpu", results)
+    write_results(f"vision-{results['device']}", results)
 
 
 if __name__ == "__main__":

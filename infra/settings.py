@@ -87,6 +87,17 @@ class WorkerSettings(BaseModel):
     visibility_timeout_s: int = Field(4 * 3600, ge=1, description="above the longest job (Redis redelivery)")
 
 
+class GateSettings(BaseModel):
+    """The promotion gate (``VLMOPS_GATE__*``): a candidate may not be worse than production on these."""
+
+    metrics: list[str] = Field(
+        default_factory=lambda: ["t2i_recall@5", "i2t_recall@1"],
+        description="metrics of `vlmops eval` the candidate must match (JSON list in the environment)",
+    )
+    margin: float = Field(0.0, ge=0, description="how far below production a candidate may be and still pass")
+    dataset: str | None = Field(None, description="held-out pairs both versions are scored on when no eval is stored")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore")
 
@@ -104,6 +115,7 @@ class Settings(BaseSettings):
     grounding: GroundingSettings = GroundingSettings()
     search: SearchSettings = SearchSettings()
     worker: WorkerSettings = WorkerSettings()
+    gate: GateSettings = GateSettings()
 
     @property
     def tracking_uri(self) -> str:
@@ -118,6 +130,11 @@ class Settings(BaseSettings):
     @property
     def blob_uri(self) -> str:
         return self.blob_root or str(self.home.resolve() / "blobs")
+
+    @property
+    def work_dir(self) -> Path:
+        """Job work folders (finetune checkpoints) on a volume every worker shares."""
+        return self.home.resolve() / "jobs"
 
     @property
     def model_cache_dir(self) -> Path:

@@ -62,9 +62,15 @@ class RegistryEvent:
     reason: str
     at: float
     forced: bool = False
+    gate: dict[str, Any] | None = None  # the gate's verdict and figures, when one was applied
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
+
+
+def mlflow_key(metric: str) -> str:
+    """MLflow metric and tag names cannot hold '@' (``t2i_recall@5`` -> ``t2i_recall_at_5``)."""
+    return metric.replace("@", "_at_")
 
 
 def _info(mv: ModelVersion) -> VersionInfo:
@@ -98,14 +104,15 @@ class RegistryStore:
         return cls(settings.tracking_uri, settings.artifact_root, settings.model_cache_dir)
 
     # ------------------------------------------------------------------ write
-    def _experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(EXPERIMENT)
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        """The id of experiment ``name``, created (with the registry's artifact root) when missing."""
+        exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
         try:
-            return str(self.client.create_experiment(EXPERIMENT, artifact_location=self.artifact_root))
+            return str(self.client.create_experiment(name, artifact_location=self.artifact_root))
         except MlflowException:  # created by a concurrent caller
-            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 raise
             return str(exp.experiment_id)
@@ -118,12 +125,13 @@ class RegistryStore:
         metrics: dict[str, float] | None = None,
         description: str = "",
         set_candidate: bool = True,
+        run_id: str | None = None,
     ) -> VersionInfo:
         """Log ``model`` as run artifacts and register it as a new version of ``name``."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_ARTIFACT
             model.save(path)
-            return self.register_dir(name, path, tags, metrics, description, set_candidate)
+            return self.register_dir(name, path, tags, metrics, description, set_candidate, run_id)
 
     def register_dir(
         self,
@@ -133,24 +141,34 @@ class RegistryStore:
         metrics: dict[str, float] | None = None,
         description: str = "",
         set_candidate: bool = True,
+        run_id: str | None = None,
     ) -> VersionInfo:
-        """Register a directory written by a family's ``save`` as a new version of ``name``."""
+        """Register a directory written by a family's ``save`` as a new version of ``name``.
+
+        With ``run_id`` (a training run) the files are logged into that run, which then is the
+        version's run in MLflow; otherwise a registration run is created for them."""
         from registry.families import read_manifest
 
         manifest = read_manifest(path)
         all_tags = {k: str(v) for k, v in manifest.items()} | {k: str(v) for k, v in (tags or {}).items()}
-        all_tags |= {f"metric.{k}": f"{v:.6g}" for k, v in (metrics or {}).items()}
-        run = self.client.create_run(self._experiment_id(), run_name=f"register-{name}", tags={"vlmops.model": name})
-        try:
-            for key, value in all_tags.items():
-                self.client.log_param(run.info.run_id, key[:250], value[:6000])
-            for key, value in (metrics or {}).items():
-                self.client.log_metric(run.info.run_id, key, float(value))
-            self.client.log_artifacts(run.info.run_id, str(path), MODEL_ARTIFACT)
-        except Exception:
-            self.client.set_terminated(run.info.run_id, "FAILED")
-            raise
-        self.client.set_terminated(run.info.run_id, "FINISHED")
+        all_tags |= {f"metric.{mlflow_key(k)}": f"{v:.6g}" for k, v in (metrics or {}).items()}
+        if run_id is not None:
+            self.client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
+            run = self.client.get_run(run_id)
+        else:
+            run = self.client.create_run(
+                self.experiment_id(), run_name=f"register-{name}", tags={"vlmops.model": name}
+            )
+            try:
+                for key, value in all_tags.items():
+                    self.client.log_param(run.info.run_id, key[:250], value[:6000])
+                for key, value in (metrics or {}).items():
+                    self.client.log_metric(run.info.run_id, mlflow_key(key), float(value))
+                self.client.log_artifacts(run.info.run_id, str(path), MODEL_ARTIFACT)
+            except Exception:
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                raise
+            self.client.set_terminated(run.info.run_id, "FINISHED")
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
@@ -228,8 +246,10 @@ class RegistryStore:
         except NotFound:
             return None
 
-    def promote(self, name: str, version: str, reason: str = "", forced: bool = False) -> RegistryEvent:
-        """Point ``production`` at ``version`` and record the event."""
+    def promote(
+        self, name: str, version: str, reason: str = "", forced: bool = False, gate: dict[str, Any] | None = None
+    ) -> RegistryEvent:
+        """Point ``production`` at ``version`` and record the event (see ``registry.gate`` for the gated path)."""
         target = self.get(name, version)
         previous = self._production_version(name)
         if previous == target.version:
@@ -237,7 +257,7 @@ class RegistryStore:
         self.client.set_registered_model_alias(name, PRODUCTION, target.version)
         if CANDIDATE in target.aliases:
             self.client.delete_registered_model_alias(name, CANDIDATE)
-        event = RegistryEvent("promote", target.version, previous, reason, time.time(), forced)
+        event = RegistryEvent("promote", target.version, previous, reason, time.time(), forced, gate)
         self._record(name, event)
         self.client.set_model_version_tag(name, target.version, "promoted_at", f"{event.at:.3f}")
         return event

@@ -50,3 +50,38 @@ def ingest(self: Task, collection: str, uris: list[str]) -> dict[str, Any]:
 
     count = run_ingest(collection, uris, SearchAdmin(settings.worker.search_url), settings.worker.page_size, progress)
     return {"collection": collection, "ingested": len(uris), "count": count}
+
+
+@app.task(bind=True, name="vlmops.finetune")
+def finetune(
+    self: Task,
+    base: str,
+    dataset: str,
+    config: dict[str, Any] | None = None,
+    name: str | None = None,
+    eval_dataset: str | None = None,
+) -> dict[str, Any]:
+    """LoRA (or full) finetune of the CLIP version ``base`` on ``dataset``; registers the result.
+
+    Redelivered after a crash, it resumes from the job's last checkpoint."""
+    from registry.finetune import FinetuneConfig
+    from registry.finetune_job import run_finetune_job
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == total or step % 5 == 0:
+            self.update_state(state="PROGRESS", meta={"done": step, "total": total, "loss": loss, "stage": "train"})
+
+    cfg = FinetuneConfig(**(config or {}))
+    return run_finetune_job(Settings(), base, dataset, cfg, name, eval_dataset, progress)
+
+
+@app.task(bind=True, name="vlmops.evaluate")
+def evaluate(self: Task, name: str, versions: list[str], dataset: str) -> dict[str, Any]:
+    """Score versions of ``name`` on one held-out dataset; the figures are stored as version tags."""
+    from registry.datasets import load_pairs
+    from registry.gate import evaluate_versions
+
+    settings = Settings()
+    store = RegistryStore.from_settings(settings)
+    reports = evaluate_versions(store, settings, [store.resolve(f"{name}/{v}") for v in versions], load_pairs(dataset))
+    return {label: r.metrics for label, r in reports.items()}
