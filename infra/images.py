@@ -37,7 +37,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "i
             img.load()
     except PayloadTooLarge:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(f"{what} could not be decoded as an image (unknown or corrupt format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInput(f"{what} could not be decoded as an image: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"{what} is corrupt or truncated: {exc}") from exc

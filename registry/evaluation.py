@@ -56,9 +56,7 @@ def _retrieval(preds: torch.Tensor, target: torch.Tensor, ks: Sequence[int], pre
 
 
 def _encode_images(model: ClipModel, data: PairDataset) -> torch.Tensor:
-    return torch.cat(
-        [model.encode_images(list(data.images[s : s + CHUNK])).cpu() for s in range(0, len(data), CHUNK)]
-    )
+    return torch.cat([model.encode_images(list(data.images[s : s + CHUNK])).cpu() for s in range(0, len(data), CHUNK)])
 
 
 def _encode_texts(model: ClipModel, texts: Sequence[str]) -> torch.Tensor:

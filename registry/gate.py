@@ -111,7 +111,8 @@ class GateVerdict:
     def text(self) -> str:
         lines = [
             f"gate on dataset {self.dataset_hash[:16]} (margin {self.margin}): "
-            f"{'PASSED' if self.passed else 'REFUSED'} — candidate {self.candidate} against production {self.production}"
+            f"{'PASSED' if self.passed else 'REFUSED'} — candidate {self.candidate} "
+            f"against production {self.production}"
         ]
         for r in self.rows:
             lines.append(

@@ -156,9 +156,7 @@ class RegistryStore:
             self.client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
             run = self.client.get_run(run_id)
         else:
-            run = self.client.create_run(
-                self.experiment_id(), run_name=f"register-{name}", tags={"vlmops.model": name}
-            )
+            run = self.client.create_run(self.experiment_id(), run_name=f"register-{name}", tags={"vlmops.model": name})
             try:
                 for key, value in all_tags.items():
                     self.client.log_param(run.info.run_id, key[:250], value[:6000])

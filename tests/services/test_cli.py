@@ -31,12 +31,20 @@ class TestModelsCommands:
         )
         # an open_clip architecture by name (random weights: no download)
         assert "version 2" in invoke(runner, "models", "register", "m", "--source", "vlmops-toy-clip")
-        invoke(runner, "models", "promote", "m", "1", "--reason", "first")
-        assert "1 -> 2" in invoke(runner, "models", "promote", "m", "2")
+        invoke(runner, "models", "promote", "m", "1", "--reason", "first", "--no-reindex")
+        # never evaluated against production: the gate refuses, --force overrides and is recorded
+        refused = runner.invoke(main, ["models", "promote", "m", "2", "--no-reindex"])
+        assert refused.exit_code != 0 and "never scored on the same dataset" in str(refused.exception)
+        assert "1 -> 2 (forced)" in invoke(runner, "models", "promote", "m", "2", "--force", "--no-reindex")
+        from infra.settings import Settings
+        from registry.store import RegistryStore
+
+        last = RegistryStore.from_settings(Settings()).events("m")[-1]
+        assert last.forced and last.gate is not None and last.gate["passed"] is False
         listed = json.loads(invoke(runner, "models", "list", "m", "--json"))
         assert [(v["version"], v["aliases"]) for v in listed] == [("1", []), ("2", ["production"])]
         assert listed[0]["dataset_hash"] == "abc" and listed[0]["family"] == "clip"
-        assert "2 -> 1" in invoke(runner, "models", "rollback", "m", "--reason", "bad")
+        assert "2 -> 1" in invoke(runner, "models", "rollback", "m", "--reason", "bad", "--no-reindex")
         table = invoke(runner, "models", "list")
         assert "production" in table.splitlines()[1] and table.splitlines()[1].split()[1] == "1"
 

@@ -4,13 +4,9 @@ the same items before and after. On the Redis broker and on the embedded (sqlite
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,43 +19,11 @@ from infra.images import encode_png, to_base64
 from infra.toyworld import Split, ToyWorld
 from registry.families.clip import ClipModel
 from tests.conftest import make_settings, search_stack
+from tests.workers.helpers import ensure_redis, start_worker
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
 N_ITEMS = 96
-
-
-def ensure_redis() -> None:
-    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2)
-    try:
-        client.ping()
-        return
-    except redis.ConnectionError:
-        if shutil.which("redis-server") is None:
-            pytest.skip("Redis is not running and redis-server is not installed")
-    subprocess.run(
-        [
-            "redis-server",
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        check=True,
-    )
-    for _ in range(50):
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    pytest.skip("Redis did not start")
 
 
 @pytest.fixture(scope="module")
@@ -89,26 +53,6 @@ def make_collection(url: str, name: str) -> None:
             for s in samples[start : start + 48]
         ]
         call(url, "/ingest", collection=name, items=items)
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    celery = str(Path(sys.executable).with_name("celery"))
-    cmd = [
-        celery,
-        "-A",
-        "workers.app",
-        "worker",
-        "-P",
-        "solo",
-        "-c",
-        "1",
-        "--loglevel=INFO",
-        "-n",
-        f"w{uuid.uuid4().hex[:6]}@%h",
-    ]
-    return subprocess.Popen(
-        cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
-    )  # noqa: SIM115
 
 
 def count(url: str, name: str) -> tuple[int, str]:

@@ -1,0 +1,75 @@
+"""Real Celery workers and a real Redis for the job tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def ensure_redis() -> None:
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2)
+    try:
+        client.ping()
+        return
+    except redis.ConnectionError:
+        if shutil.which("redis-server") is None:
+            pytest.skip("Redis is not running and redis-server is not installed")
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+    )
+    for _ in range(50):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    pytest.skip("Redis did not start")
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    celery = str(Path(sys.executable).with_name("celery"))
+    cmd = [
+        celery,
+        "-A",
+        "workers.app",
+        "worker",
+        "-P",
+        "solo",
+        "-c",
+        "1",
+        "--loglevel=INFO",
+        "-n",
+        f"w{uuid.uuid4().hex[:6]}@%h",
+    ]
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )  # noqa: SIM115
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
