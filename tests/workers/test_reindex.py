@@ -19,7 +19,7 @@ from infra.images import encode_png, to_base64
 from infra.toyworld import Split, ToyWorld
 from registry.families.clip import ClipModel
 from tests.conftest import make_settings, search_stack
-from tests.workers.helpers import ensure_redis, start_worker
+from tests.workers.helpers import ensure_redis, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -179,3 +179,55 @@ def test_bulk_ingest_job_reads_a_folder(stack: dict[str, Any], tmp_path: Path) -
     assert result == {"collection": "bulk", "ingested": 21, "count": 20}
     hits = call(url, "/search", collection="bulk", text="a red circle", top_k=3)
     assert hits and hits[0]["payload"]["uri"].startswith(str(folder))
+
+
+def wait_for_version(url: str, name: str, version: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while count(url, name)[1] != version:
+        assert time.monotonic() < deadline, f"{name} never reached version {version}: {count(url, name)}"
+        time.sleep(0.3)
+
+
+def test_promote_and_rollback_reindex_the_collections_of_the_model(
+    stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    ensure_redis()
+    url = stack["search"]
+    name = "toys-rollback"
+    make_collection(url, name)
+    store = stack["store"]
+    production = store.by_alias(MODEL, "production").version
+    new = store.register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=13)).version
+    broker = "redis://127.0.0.1:6379/11"
+    redis.Redis.from_url(broker).flushdb()
+    env = {**stack["env"], "VLMOPS_BROKER_URL": broker}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    worker = start_worker(env, tmp_path / "worker.log")
+    runner = CliRunner()
+    try:
+        out = runner.invoke(main, ["models", "promote", MODEL, new, "--force", "--reason", "try it"])
+        assert out.exit_code == 0, out.output
+        assert f"reindex of '{name}' enqueued" in out.output
+        wait_for_version(url, name, new)
+        out = runner.invoke(main, ["models", "rollback", MODEL, "--reason", "worse in production"])
+        assert out.exit_code == 0, out.output
+        assert f"{new} -> {production} (rolled back)" in out.output
+        wait_for_version(url, name, production)
+    finally:
+        stop_worker(worker)
+    assert store.by_alias(MODEL, "production").version == production
+    assert count(url, name) == (N_ITEMS, production)
+    hits = call(url, "/search", collection=name, text="a red circle", top_k=5)
+    assert {h["version"] for h in hits} == {production}
+    last = store.events(MODEL)[-1]
+    assert (last.action, last.version, last.previous, last.reason) == (
+        "rollback",
+        production,
+        new,
+        "worse in production",
+    )
