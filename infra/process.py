@@ -125,3 +125,36 @@ class ServiceProcess:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class WorkerProcess:
+    """A Celery worker for the jobs as a real process (``with WorkerProcess(env=...)``); stopped with
+    SIGTERM (a warm shutdown: the job in hand finishes or is redelivered)."""
+
+    def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        celery = str(Path(sys.executable).with_name("celery"))
+        cmd = [celery, "-A", "workers.app", "worker", "-P", "solo", "-c", "1", "--loglevel=INFO"]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

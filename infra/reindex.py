@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 
 from infra.blobs import BlobStore
+from infra.settings import Settings
 from services.client import EmbeddingClient, raise_for_status
 
 Progress = Callable[[int, str], None]
@@ -114,3 +115,15 @@ def run_ingest(
         if progress is not None:
             progress(start + len(page), "ingesting")
     return count
+
+
+def enqueue_reindex_of_model(settings: Settings, model: str) -> list[tuple[str, Any]]:
+    """Enqueue a reindex of every collection that uses ``model`` (its production version changed).
+
+    Returns (collection, Celery AsyncResult) pairs; raises ``httpx.HTTPError`` when the search
+    service cannot be reached."""
+    from workers.app import make_app
+
+    collections = SearchAdmin(settings.worker.search_url).post("/collections/list")
+    app = make_app(settings)
+    return [(c["name"], app.send_task("vlmops.reindex", args=[c["name"]])) for c in collections if c["model"] == model]

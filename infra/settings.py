@@ -91,7 +91,7 @@ class GateSettings(BaseModel):
     """The promotion gate (``VLMOPS_GATE__*``): a candidate may not be worse than production on these."""
 
     metrics: list[str] = Field(
-        default_factory=lambda: ["t2i_recall@5", "i2t_recall@1"],
+        default_factory=lambda: ["t2i_r_precision", "i2t_recall@1"],
         description="metrics of `vlmops eval` the candidate must match (JSON list in the environment)",
     )
     margin: float = Field(0.0, ge=0, description="how far below production a candidate may be and still pass")

@@ -193,8 +193,11 @@ def write_toy_dataset(
     seed: int = 0,
     start: int = 0,
     n_objects: int | None = 1,
+    append: bool = False,
 ) -> Path:
-    """Toy-world pairs as PNG files plus a ``pairs.jsonl`` (caption and class label); returns the JSONL path."""
+    """Toy-world pairs as PNG files plus a ``pairs.jsonl`` (caption and class label); returns the JSONL path.
+
+    ``append`` adds to an existing ``pairs.jsonl`` (e.g. a mix of domains)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, s in enumerate(ToyWorld(seed=seed).samples(n, split, domain, n_objects=n_objects, start=start)):
@@ -205,5 +208,6 @@ def write_toy_dataset(
             record["label"] = s.label
         lines.append(json.dumps(record))
     out = folder / "pairs.jsonl"
-    out.write_text("\n".join(lines) + "\n")
+    with out.open("a" if append else "w") as fh:
+        fh.write("\n".join(lines) + "\n")
     return out

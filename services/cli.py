@@ -142,19 +142,15 @@ def _reindex_users_of(name: str) -> None:
     """Enqueue a reindex of every collection that uses ``name`` (its production version changed)."""
     import httpx
 
-    settings = _settings()
+    from infra.reindex import enqueue_reindex_of_model
+
     try:
-        collections = httpx.post(f"{settings.worker.search_url}/collections/list", json={}, timeout=10).json()
+        jobs = enqueue_reindex_of_model(_settings(), name)
     except httpx.HTTPError as exc:
         click.echo(f"warning: search service unreachable ({exc}); no reindex enqueued", err=True)
         return
-    from workers.app import make_app
-
-    app = make_app(settings)
-    for c in collections:
-        if c["model"] == name:
-            task = app.send_task("vlmops.reindex", args=[c["name"]])
-            click.echo(f"reindex of {c['name']!r} enqueued: {task.id}")
+    for collection, task in jobs:
+        click.echo(f"reindex of {collection!r} enqueued: {task.id}")
 
 
 @models.command("rollback")
@@ -192,7 +188,7 @@ def up(services: str | None, port: int, worker: bool) -> None:
     import signal
     import time
 
-    from infra.process import SERVICES, ServiceProcess
+    from infra.process import SERVICES, ServiceProcess, WorkerProcess
 
     settings = _settings()
     names = [n.strip() for n in (services or settings.up_services).split(",") if n.strip()]
@@ -219,12 +215,7 @@ def up(services: str | None, port: int, worker: bool) -> None:
         for proc in procs:
             proc.launch()
         if worker:
-            import subprocess
-            import sys
-
-            log = open(home / "worker.log", "ab")  # noqa: SIM115
-            cmd = [str(Path(sys.executable).with_name("vlmops")), "worker"]
-            workers.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT))
+            workers.append(WorkerProcess(env=env, log_path=home / "worker.log").start())
             click.echo(f"{'worker':<11} celery (logs: {home / 'worker.log'})")
         for proc in procs:
             proc.wait_live()
@@ -241,8 +232,7 @@ def up(services: str | None, port: int, worker: bool) -> None:
         for proc in procs:
             proc.stop()
         for w in workers:
-            w.terminate()
-            w.wait(timeout=30)
+            w.stop()
 
 
 @main.command()
@@ -301,23 +291,15 @@ def search(collection: str, query: str, image: bool, top_k: int) -> None:
 @click.option("--wait/--no-wait", default=True, help="follow the job with a progress bar")
 def reindex(collection: str, version: str | None, wait: bool) -> None:
     """Re-embed COLLECTION with another model version as a Celery job; the alias swaps when it completes."""
-    import time
-
-    from tqdm import tqdm
-
     from workers.app import make_app
 
     task = make_app(_settings()).send_task("vlmops.reindex", args=[collection, version])
     click.echo(f"job {task.id}")
     if not wait:
         return
-    with tqdm(desc=f"reindexing {collection}", unit="item") as bar:
-        while not task.ready():
-            info = task.info if isinstance(task.info, dict) else {}
-            bar.n = int(info.get("done", 0))
-            bar.set_postfix(stage=info.get("stage", task.state), refresh=True)
-            time.sleep(0.5)
-    out = task.get()
+    from workers.follow import follow
+
+    out = follow(task, f"reindexing {collection}")
     click.echo(f"{collection}: {out['count']} items now embedded by version {out['version']} ({out['physical']})")
 
 
@@ -353,27 +335,6 @@ def datasets_toy(folder: Path, n: int, domain: str, split: str, seed: int) -> No
 
     out = write_toy_dataset(folder, n, Domain(domain), Split(split), seed)
     click.echo(str(out))
-
-
-def _follow(task: object, desc: str, unit: str) -> dict[str, object]:
-    """A progress bar over a Celery job's PROGRESS state; returns the job's result."""
-    import time
-
-    from celery.result import AsyncResult
-    from tqdm import tqdm
-
-    assert isinstance(task, AsyncResult)
-    with tqdm(desc=desc, unit=unit) as bar:
-        while not task.ready():
-            info = task.info if isinstance(task.info, dict) else {}
-            bar.total = info.get("total", bar.total)
-            bar.n = int(info.get("done", 0))
-            post = {"stage": info.get("stage", task.state)}
-            if "loss" in info:
-                post["loss"] = f"{info['loss']:.3f}"
-            bar.set_postfix(post, refresh=True)
-            time.sleep(0.5)
-    return dict(task.get())
 
 
 @main.command()
@@ -422,7 +383,9 @@ def finetune(
     click.echo(f"job {task.id}")
     if not wait:
         return
-    out = _follow(task, "finetuning", "step")
+    from workers.follow import follow
+
+    out = follow(task, "finetuning", "step")
     click.echo(json.dumps(out, indent=2))
 
 
@@ -466,11 +429,13 @@ def eval_cmd(name: str, version: str, dataset: str, against: str, per_class: boo
 
 @main.command()
 @click.option("--seed", default=0, show_default=True)
-def demo(seed: int) -> None:
-    """Train (first run) or load the toy CLIP, register + promote it, serve it, and use it over HTTP."""
+@click.option("--finetune/--no-finetune", default=True, help="also finetune, gate, promote and reindex")
+def demo(seed: int, finetune: bool) -> None:
+    """Train (first run) or load the toy CLIP, register + promote it, serve it, use it over HTTP, then
+    LoRA-finetune it on a shifted domain, pass the gate, promote and reindex."""
     from services.demo import run_demo
 
-    sys.exit(run_demo(_settings(), seed=seed))
+    sys.exit(run_demo(_settings(), seed=seed, finetune=finetune))
 
 
 def _handle_errors() -> None:

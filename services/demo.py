@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 import numpy as np
@@ -17,14 +18,20 @@ from tqdm import tqdm
 
 from infra.errors import ModelFormatError, NotFound
 from infra.images import encode_png, to_base64
-from infra.process import ServiceProcess
-from infra.reindex import SearchAdmin
+from infra.process import ServiceProcess, WorkerProcess
+from infra.reindex import SearchAdmin, enqueue_reindex_of_model
 from infra.settings import Settings
 from infra.toyworld import Domain, Split, ToyWorld, class_labels
+from registry.datasets import load_pairs, write_toy_dataset
+from registry.evaluation import EvalReport, table
 from registry.families.clip import ClipModel
+from registry.finetune import FinetuneConfig
+from registry.gate import evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.toy_clip import ToyTrainConfig, train_toy_clip
 from services.client import EmbeddingClient
+from workers.app import make_app
+from workers.follow import follow
 
 METRICS_FILE = "metrics.json"
 
@@ -73,20 +80,27 @@ def register_toy(
 
 
 def ensure_production(settings: Settings, seed: int = 0) -> VersionInfo:
+    """Production is the toy CLIP: kept if it is, else an earlier toy version is promoted again (a
+    demo run starts from the same base, so its finetune job is found done), else it is registered."""
     store = RegistryStore.from_settings(settings)
+    name = settings.embedding.model_name
+    toy_hash = toy_dataset_hash(ToyTrainConfig(seed=seed))
     try:
-        current = store.by_alias(settings.embedding.model_name, PRODUCTION)
-        cfg = ToyTrainConfig(seed=seed)
-        if current.tags.get("dataset_hash") == toy_dataset_hash(cfg):
+        current = store.by_alias(name, PRODUCTION)
+        if current.tags.get("dataset_hash") == toy_hash:
             return current
     except NotFound:
-        pass
-    model, metrics = ensure_toy_clip(settings, seed)
-    register_toy(settings, model, metrics, seed=seed, promote=True)
-    return store.by_alias(settings.embedding.model_name, PRODUCTION)
+        current = None
+    earlier = [v for v in store.versions(name) if v.tags.get("dataset_hash") == toy_hash]
+    if earlier:
+        store.promote(name, earlier[0].version, reason="demo: start again from the toy base")
+    else:
+        model, metrics = ensure_toy_clip(settings, seed)
+        register_toy(settings, model, metrics, seed=seed, promote=True)
+    return store.by_alias(name, PRODUCTION)
 
 
-def run_demo(settings: Settings, seed: int = 0) -> int:
+def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
     t0 = time.perf_counter()
     click.echo(f"VLMOPS_HOME={settings.home.resolve()}  registry={settings.tracking_uri}")
     info = ensure_production(settings, seed)
@@ -132,8 +146,109 @@ def run_demo(settings: Settings, seed: int = 0) -> int:
             "search", env={**env, "VLMOPS_SEARCH__EMBEDDING_URL": svc.url}, log_path=log_path
         ) as search:
             p_at_10 = search_demo(SearchAdmin(search.url), world)
+            gain = 1.0
+            if finetune:
+                worker_env = {**env, "VLMOPS_WORKER__SEARCH_URL": search.url, "VLMOPS_WORKER__EMBEDDING_URL": svc.url}
+                jobs = settings.model_copy(
+                    update={"worker": settings.worker.model_copy(update={"search_url": search.url})}
+                )
+                with WorkerProcess(env=worker_env, log_path=settings.home.resolve() / "demo-worker.log"):
+                    gain = finetune_demo(jobs, SearchAdmin(search.url), seed)
     click.echo(f"\nservices stopped; demo took {time.perf_counter() - t0:.0f} s")
-    return 0 if acc >= 0.9 and p_at_10 >= 0.9 else 1
+    return 0 if acc >= 0.9 and p_at_10 >= 0.9 and gain >= 0.1 else 1
+
+
+DEMO_FINETUNE = FinetuneConfig(epochs=16, batch_size=64, lr=5e-3, lora_r=8, checkpoint_every=50)
+HEADLINE = ("zero_shot_acc", "t2i_recall@5", "t2i_r_precision", "i2t_recall@1", "i2t_recall@5")
+
+
+def finetune_demo(settings: Settings, search: SearchAdmin, seed: int = 0) -> float:
+    """LoRA-finetune production on the shifted domain as a Celery job, score it against production,
+    pass the gate, promote, reindex; returns the zero-shot accuracy gained on shifted held-out images."""
+    store = RegistryStore.from_settings(settings)
+    name = settings.embedding.model_name
+    paths = demo_datasets(settings.home.resolve() / "demo-data", seed)
+    collection = "demo-shifted"
+    if any(c["name"] == collection for c in search.post("/collections/list")):
+        search.post("/collections/delete", name=collection)
+    search.post("/collections/create", name=collection)
+    samples = list(ToyWorld(seed=seed).samples(240, Split.TEST, Domain.SHIFTED, n_objects=1, start=30_000))
+    for start in range(0, len(samples), 60):
+        items = [
+            {"image": to_base64(encode_png(s.image)), "payload": {"label": s.label}}
+            for s in samples[start : start + 60]
+        ]
+        search.post("/ingest", collection=collection, items=items)
+    before_shifted = precision_at_10(search, collection)
+
+    base = store.by_alias(name, PRODUCTION)
+    click.echo(
+        f"\nfinetuning {base.ref} with LoRA on 1200 pairs of the shifted domain (outlined shapes, striped noise) "
+        "and 600 plain ones (replay, so it keeps what it knew), as a Celery job on the embedded broker ..."
+    )
+    task = make_app(settings).send_task(
+        "vlmops.finetune",
+        args=[base.ref, str(paths["train"])],
+        kwargs={"config": DEMO_FINETUNE.model_dump(), "eval_dataset": str(paths["held-mixed"])},
+    )
+    out = follow(task, "finetuning", "step", timeout_s=1800)
+    done = "trained" if out["resumed_from"] < out["steps"] else "found done by an earlier run"
+    click.echo(
+        f"{name} version {out['version']}: {out['steps']} steps {done}; {out['trainable_params']:,} trainable of "
+        f"{out['total_params']:,} parameters; MLflow run {out['run_id']}"
+    )
+    candidate = store.get(name, out["version"])
+    shown: dict[str, dict[str, EvalReport]] = {}
+    for part in ("held-shifted", "held-plain"):
+        data = load_pairs(paths[part])
+        shown[part] = evaluate_versions(store, settings, [candidate, base], data)
+        click.echo(f"\n{part} ({len(data)} held-out images), candidate against production:")
+        click.echo(table(shown[part], HEADLINE))
+    click.echo("\npromotion gate on the mixed held-out set:")
+    event, verdict = gated_promote(
+        store, settings, name, candidate.version, "demo: LoRA on the shifted domain", dataset=str(paths["held-mixed"])
+    )
+    if verdict is not None:
+        click.echo(verdict.text())
+    click.echo(f"{name}: production {event.previous} -> {event.version}")
+    for collection_name, job in enqueue_reindex_of_model(settings, name):
+        result = follow(job, f"reindexing {collection_name}", timeout_s=600)
+        click.echo(f"  {collection_name}: {result['count']} items now embedded by version {result['version']}")
+    after_shifted = precision_at_10(search, collection)
+    click.echo(
+        f"text -> image Precision@10 on {collection!r} (shifted images): {before_shifted:.3f} before, "
+        f"{after_shifted:.3f} after"
+    )
+    click.echo(f"and on 'demo-toys' (plain images) after: {precision_at_10(search, 'demo-toys'):.3f}")
+    after, before = (shown["held-shifted"][f"v{v.version}"].metrics["zero_shot_acc"] for v in (candidate, base))
+    return after - before
+
+
+def demo_datasets(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """The demo's pair datasets (written once): shifted + plain to train on, held-out sets per domain and mixed."""
+    parts: dict[str, list[tuple[Domain, int, Split]]] = {
+        "train": [(Domain.SHIFTED, 1200, Split.TRAIN), (Domain.PLAIN, 600, Split.TRAIN)],
+        "held-shifted": [(Domain.SHIFTED, 240, Split.TEST)],
+        "held-plain": [(Domain.PLAIN, 240, Split.TEST)],
+        "held-mixed": [(Domain.SHIFTED, 240, Split.TEST), (Domain.PLAIN, 240, Split.TEST)],
+    }
+    paths = {}
+    for part, pieces in parts.items():
+        path = folder / part / "pairs.jsonl"
+        if not path.is_file():
+            for i, (domain, n, split) in enumerate(pieces):
+                write_toy_dataset(path.parent, n, domain, split, seed, append=i > 0)
+        paths[part] = path
+    return paths
+
+
+def precision_at_10(search: SearchAdmin, collection: str) -> float:
+    """Mean Precision@10 of the 24 "a {colour} {shape}" text queries (payload ``label`` is the truth)."""
+    precisions = []
+    for label in class_labels():
+        hits = search.post("/search", collection=collection, text=label, top_k=10)
+        precisions.append(sum(h["payload"]["label"] == label for h in hits) / 10)
+    return sum(precisions) / len(precisions)
 
 
 def search_demo(search: SearchAdmin, world: ToyWorld, n: int = 300) -> float:
@@ -150,18 +265,15 @@ def search_demo(search: SearchAdmin, world: ToyWorld, n: int = 300) -> float:
         ]
         search.post("/ingest", collection=name, items=items)
     click.echo(f"\ncollection {name!r}: {n} images (Qdrant Edge, embedded)")
-    precisions = []
-    for label in class_labels():
+    for label in ("a red circle", "a blue star"):
         hits = search.post("/search", collection=name, text=label, top_k=10)
-        precisions.append(sum(h["payload"]["label"] == label for h in hits) / 10)
-        if label in ("a red circle", "a blue star"):
-            shown = ", ".join(f"{h['payload']['label']} ({h['score']:.2f})" for h in hits[:5])
-            click.echo(f"  text {label!r} -> {shown}  [version {hits[0]['version']}]")
+        shown = ", ".join(f"{h['payload']['label']} ({h['score']:.2f})" for h in hits[:5])
+        click.echo(f"  text {label!r} -> {shown}  [version {hits[0]['version']}]")
     query = samples[7]
     hits = search.post("/search", collection=name, image=to_base64(encode_png(query.image)), top_k=3)
     click.echo(
         f"  image of {query.label!r} -> " + ", ".join(f"{h['payload']['label']} ({h['score']:.3f})" for h in hits)
     )
-    p_at_10 = sum(precisions) / len(precisions)
+    p_at_10 = precision_at_10(search, name)
     click.echo(f"text -> image Precision@10 over the 24 labels: {p_at_10:.3f}")
     return p_at_10
