@@ -19,11 +19,14 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from infra.settings import resolve_device, resolve_precision
 from registry.families.clip import ClipModel
 
 
 def build_app(model_dir: Path) -> FastAPI:
-    model = ClipModel.load(model_dir)
+    device = resolve_device("auto")  # the same device and precision as the service, for a fair peer
+    model = ClipModel.load(model_dir, device=device)
+    model.configure_runtime(resolve_precision("auto", device))
     app = FastAPI()
 
     def rows(vectors: torch.Tensor) -> list[dict[str, Any]]:

@@ -27,6 +27,9 @@ class ServiceSettings(BaseModel):
     precision: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on CUDA, fp32 on CPU")
     access_log: bool = Field(False, description="BentoML's per-request access log (metrics are always on)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for inference; default: torch's")
+    workers: int = Field(
+        1, ge=1, description="API worker processes, each with its own model copy (2-4 keep one GPU busy)"
+    )
 
 
 class EmbeddingSettings(ServiceSettings):

@@ -46,9 +46,9 @@ def by_version(items: Sequence[Any]) -> dict[str | None, list[int]]:
 
 
 def service_options(name: str, limits: ServiceSettings, timeout_s: int = 120) -> dict[str, Any]:
-    """``@bentoml.service`` options: one worker (one model copy per replica), access log from settings."""
+    """``@bentoml.service`` options: worker processes (one model copy each) and access log from settings."""
     logging = {"access": {"enabled": limits.access_log}}
-    return {"name": name, "traffic": {"timeout": timeout_s}, "workers": 1, "logging": logging}
+    return {"name": name, "traffic": {"timeout": timeout_s}, "workers": limits.workers, "logging": logging}
 
 
 def batch_options(limits: ServiceSettings) -> dict[str, Any]:
