@@ -2,11 +2,16 @@
 that needs no server (kombu's SQLAlchemy transport on sqlite under ``VLMOPS_HOME``) by default.
 
 Jobs are acknowledged late and rejected when their worker is lost, one at a time per worker, so a
-killed worker's job is redelivered and runs again (every job is idempotent)."""
+killed worker's job is redelivered and runs again (every job is idempotent): by Redis after the
+visibility timeout, by the embedded broker when the next worker starts (``workers.recovery``; the
+embedded broker is for one worker per ``VLMOPS_HOME``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import celeryd_after_setup
 
 from infra.settings import Settings
 
@@ -36,3 +41,11 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+@celeryd_after_setup.connect
+def _recover(sender: str, instance: Any, **_: Any) -> None:
+    """Before this worker consumes anything: requeue what a dead worker left behind (embedded broker)."""
+    from workers.recovery import requeue_orphans
+
+    requeue_orphans(instance.app)
