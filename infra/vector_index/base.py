@@ -11,6 +11,8 @@ from typing import Any
 
 from infra.errors import InvalidInput
 
+HNSW_M = 16  # edges per node of the HNSW graph (twice that on the bottom layer)
+HNSW_EF_CONSTRUCT = 100  # beam while building the graph: graph quality against build time
 HNSW_EF = 128  # search-time beam of the HNSW graph: recall against latency
 Filter = dict[str, str | int | bool]  # exact matches on payload fields, all of them must hold
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -19,7 +19,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from infra.errors import InvalidInput, NotFound
-from infra.vector_index.base import HNSW_EF, Filter, Hit, IndexPoint, VectorIndex
+from infra.vector_index.base import HNSW_EF, HNSW_EF_CONSTRUCT, HNSW_M, Filter, Hit, IndexPoint, VectorIndex
 
 
 def _filter(conditions: Filter | None) -> qe.Filter | None:
@@ -29,8 +29,12 @@ def _filter(conditions: Filter | None) -> qe.Filter | None:
 
 
 class EdgeIndex(VectorIndex):
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, m: int = HNSW_M, ef_construct: int = HNSW_EF_CONSTRUCT, hnsw_ef: int = HNSW_EF
+    ) -> None:
+        """``m`` and ``ef_construct`` apply to collections created from now on, ``hnsw_ef`` to searches."""
         self.root = root
+        self.m, self.ef_construct, self.hnsw_ef = m, ef_construct, hnsw_ef
         (root / "collections").mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()
@@ -53,7 +57,7 @@ class EdgeIndex(VectorIndex):
                 raise InvalidInput(f"collection {physical!r} exists")
             config = qe.EdgeConfig(
                 vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-                hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
+                hnsw_config=qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=10_000),
             )
             shard = self._shards[physical] = qe.EdgeShard.create(str(self._path(physical)), config)
             for name in keyword_fields:
@@ -103,7 +107,7 @@ class EdgeIndex(VectorIndex):
             with_payload=True,
             filter=_filter(filter),
             score_threshold=score_threshold,
-            params=qe.SearchParams(hnsw_ef=HNSW_EF),
+            params=qe.SearchParams(hnsw_ef=self.hnsw_ef),
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._shard(physical).query(request)]
 

@@ -12,7 +12,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from infra.errors import InvalidInput, NotFound
-from infra.vector_index.base import HNSW_EF, Filter, Hit, IndexPoint, VectorIndex
+from infra.vector_index.base import HNSW_EF, HNSW_EF_CONSTRUCT, HNSW_M, Filter, Hit, IndexPoint, VectorIndex
 
 
 def _filter(conditions: Filter | None) -> qm.Filter | None:
@@ -35,7 +35,7 @@ class ServerIndex(VectorIndex):
         self.client.create_collection(
             physical,
             vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
-            hnsw_config=qm.HnswConfigDiff(m=16, ef_construct=100),
+            hnsw_config=qm.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
         )
         for name in keyword_fields:
             self.client.create_payload_index(physical, name, qm.PayloadSchemaType.KEYWORD)

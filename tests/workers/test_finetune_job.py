@@ -110,7 +110,7 @@ def test_a_killed_finetune_resumes_from_its_checkpoint(world: dict[str, Any], tm
         redis.Redis.from_url(env["VLMOPS_BROKER_URL"]).flushdb()
     app = make_app(Settings(home=world["home"], broker_url=env.get("VLMOPS_BROKER_URL")))
     config = {
-        "max_steps": 120,
+        "max_steps": 60,
         "batch_size": 32,
         "checkpoint_every": 5,
         "lr": 1e-3,
