@@ -9,6 +9,7 @@ for both the embedding and the lookup.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from infra.errors import InvalidInput, NotFound
 from infra.vector_index import Hit, IndexPoint, VectorIndex, physical_name, point_id
 from infra.vector_index.base import Filter, check_name
 
+log = logging.getLogger(__name__)
 RESERVED = ("blob", "content_hash")
 
 
@@ -245,8 +247,7 @@ class Catalog:
         """``embed_query(version)`` embeds the query with the version behind the alias at this moment."""
         info = self.info(name)
         vector = embed_query(info.version)
-        hits = self.index.search(info.physical, vector.tolist(), top_k, filter, score_threshold)
-        return [self._result(h, info) for h in hits]
+        return self.search_vector(info, vector, top_k, filter, score_threshold)
 
     def vector_of(self, name: str, item_id: str) -> tuple[CollectionInfo, np.ndarray]:
         """An item's stored vector, for "more like this" (same physical collection, same version)."""
@@ -259,7 +260,10 @@ class Catalog:
     def search_vector(
         self, info: CollectionInfo, vector: np.ndarray, top_k: int, filter: Filter | None, threshold: float | None
     ) -> list[Result]:
-        hits = self.index.search(info.physical, vector.tolist(), top_k, filter, threshold)
+        try:
+            hits = self.index.search(info.physical, vector.tolist(), top_k, filter, threshold)
+        except NotFound as exc:  # deleted (or its version dropped) between resolving the alias and searching
+            raise NotFound(f"collection {info.name!r} was deleted while it was being searched") from exc
         return [self._result(h, info) for h in hits]
 
     def _result(self, hit: Hit, info: CollectionInfo) -> Result:
@@ -271,3 +275,31 @@ class Catalog:
 
 def as_dict(result: Result | CollectionInfo) -> dict[str, Any]:
     return asdict(result)
+
+
+class Janitor:
+    """Drops replaced physical collections once they have been retired ``grace_s`` (searches that
+    resolved the old alias have finished by then), checking every ``interval_s``."""
+
+    def __init__(self, catalog: Catalog, grace_s: float, interval_s: float | None = None) -> None:
+        self.catalog = catalog
+        self.grace_s = grace_s
+        self.interval_s = interval_s if interval_s is not None else max(1.0, min(30.0, grace_s / 2))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vlmops-janitor", daemon=True)
+
+    def start(self) -> Janitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if dropped := self.catalog.drop_retired(self.grace_s):
+                    log.info("dropped retired collections %s", dropped)
+            except Exception:  # noqa: BLE001 - the janitor must outlive one failed pass
+                log.exception("dropping retired collections failed; trying again later")

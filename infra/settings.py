@@ -86,7 +86,9 @@ class WorkerSettings(BaseModel):
     search_url: str = "http://127.0.0.1:3001"
     embedding_url: str = "http://127.0.0.1:3000"
     page_size: int = Field(64, ge=1, description="items a reindex job re-embeds per step")
-    grace_s: float = Field(60.0, ge=0, description="how long a replaced collection stays before it is dropped")
+    grace_s: float = Field(
+        60.0, ge=0, description="how long a replaced collection stays before the search service drops it"
+    )
     visibility_timeout_s: int = Field(4 * 3600, ge=1, description="above the longest job (Redis redelivery)")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from infra.blobs import BlobStore, read_uri
-from infra.catalog import Catalog, as_dict
+from infra.catalog import Catalog, Janitor, as_dict
 from infra.errors import InvalidInput, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
 from infra.settings import Settings
@@ -68,6 +68,7 @@ class SearchService:
     def __init__(self) -> None:
         index = open_index(SETTINGS)
         self.catalog = Catalog(SETTINGS.ensure_home().resolve() / "catalog", index, BlobStore(SETTINGS.blob_uri))
+        self.janitor = Janitor(self.catalog, SETTINGS.worker.grace_s).start()  # drops replaced collections
         self.store = RegistryStore.from_settings(SETTINGS)
         self.embedder = EmbeddingClient(LIMITS.embedding_url)
 

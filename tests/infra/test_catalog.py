@@ -1,0 +1,83 @@
+"""The catalog over both index backends: a search racing a delete fails cleanly, and replaced
+collections are dropped by the janitor once their grace period is over."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from infra.blobs import BlobStore
+from infra.catalog import Catalog, Janitor
+from infra.errors import NotFound
+from infra.vector_index import IndexPoint, VectorIndex
+from infra.vector_index.edge import EdgeIndex
+from infra.vector_index.server import ServerIndex
+
+DIM = 8
+
+
+def vectors_for(images: Sequence[bytes], version: str) -> np.ndarray:
+    """Deterministic unit vectors per (image, version): a stand-in for the embedding service."""
+    rows = []
+    for data in images:
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(data + version.encode()).digest()[:4], "little"))
+        v = rng.normal(size=DIM)
+        rows.append(v / np.linalg.norm(v))
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
+    index: VectorIndex = (
+        EdgeIndex(tmp_path / "edge") if request.param == "edge" else ServerIndex(QdrantClient(path=str(tmp_path / "q")))
+    )
+    cat = Catalog(tmp_path / "catalog", index, BlobStore(str(tmp_path / "blobs")))
+    cat.create("toys", "m", "1", DIM)
+    cat.ingest("toys", [b"a", b"b", b"c"], [{"n": 1}, {"n": 2}, {"n": 3}], vectors_for)
+    return cat
+
+
+def test_a_search_racing_a_delete_fails_cleanly(catalog: Catalog) -> None:
+    def embed_then_delete(version: str) -> np.ndarray:
+        catalog.delete("toys")  # the delete lands between resolving the alias and searching the index
+        return vectors_for([b"a"], version)[0]
+
+    with pytest.raises(NotFound, match="'toys' was deleted while it was being searched"):
+        catalog.search("toys", embed_then_delete)
+    with pytest.raises(NotFound, match="no collection 'toys'"):
+        catalog.search("toys", lambda v: vectors_for([b"a"], v)[0])
+    # the catalog is unharmed: the name can be used again
+    catalog.create("toys", "m", "1", DIM)
+    catalog.ingest("toys", [b"z"], [{"n": 9}], vectors_for)
+    assert catalog.count("toys") == 1
+
+
+def test_replaced_collections_are_dropped_after_the_grace_period(catalog: Catalog) -> None:
+    old = catalog.info("toys").physical
+    build = catalog.start_build("toys", "2")
+    items = catalog.items("toys", 0, 100)
+    blobs = [catalog.blobs.get(p.payload["blob"]) for p in items]
+    vecs = vectors_for(blobs, "2")
+    catalog.write_build(
+        "toys", build["physical"], [IndexPoint(p.id, v.tolist(), p.payload) for p, v in zip(items, vecs, strict=True)]
+    )
+    catalog.finish_build("toys", build["physical"])
+    assert catalog.info("toys").version == "2" and catalog.index.exists(old)  # kept for searches in flight
+    janitor = Janitor(catalog, grace_s=1.0, interval_s=0.1).start()
+    try:
+        assert catalog.index.exists(old)
+        deadline = time.monotonic() + 10
+        while catalog.index.exists(old):
+            assert time.monotonic() < deadline, "the retired collection was never dropped"
+            time.sleep(0.05)
+    finally:
+        janitor.stop()
+    hits = catalog.search("toys", lambda v: vectors_for([b"b"], v)[0], top_k=1)
+    assert hits[0].version == "2" and hits[0].payload == {"n": 2} and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert catalog.count("toys") == 3
