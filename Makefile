@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python -m bench.embedding
 	$(BIN)/python -m bench.vision
 	$(BIN)/python -m bench.index
+	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.finetune
 
 serve: setup
