@@ -237,11 +237,14 @@ def up(services: str | None, port: int, worker: bool) -> None:
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(loglevel: str) -> None:
-    """Run a Celery worker for the jobs (reindex) on the configured broker."""
+@click.option(
+    "--queues", default="celery,train", show_default=True, help="celery: reindex, ingest; train: finetune, eval"
+)
+def worker(loglevel: str, queues: str) -> None:
+    """Run a Celery worker for the jobs on the configured broker (one job at a time)."""
     from workers.app import app
 
-    app.worker_main(["worker", "-P", "solo", "-c", "1", f"--loglevel={loglevel}"])
+    app.worker_main(["worker", "-P", "solo", "-c", "1", "-Q", queues, f"--loglevel={loglevel}"])
 
 
 @main.command()

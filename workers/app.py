@@ -12,8 +12,12 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_after_setup
+from kombu import Exchange, Queue
 
 from infra.settings import Settings
+
+DEFAULT_QUEUE = "celery"
+TRAIN_QUEUE = "train"
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -34,6 +38,11 @@ def make_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         result_extended=True,
+        # jobs that need an accelerator go to their own queue, so GPU workers can take only those;
+        # a worker started without -Q consumes both (the embedded default: one worker does all)
+        task_queues=tuple(Queue(q, Exchange(q), routing_key=q) for q in (DEFAULT_QUEUE, TRAIN_QUEUE)),
+        task_default_queue=DEFAULT_QUEUE,
+        task_routes={"vlmops.finetune": {"queue": TRAIN_QUEUE}, "vlmops.evaluate": {"queue": TRAIN_QUEUE}},
     )
     if broker.startswith("redis"):  # redelivery of unacknowledged jobs after this long
         app.conf.broker_transport_options = {"visibility_timeout": settings.worker.visibility_timeout_s}
