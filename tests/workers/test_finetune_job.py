@@ -85,7 +85,9 @@ def test_finetune_job_tracks_registers_and_serves_a_new_version(
     assert torch.allclose(after.norm(dim=-1), torch.ones(6), atol=1e-4)
 
 
-def test_a_bad_dataset_fails_before_training(world: dict[str, Any], env: dict[str, str], tmp_path: Path) -> None:
+def test_a_bad_dataset_fails_before_training_and_eval_runs_as_a_job(
+    world: dict[str, Any], env: dict[str, str], tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "nowhere.png", "caption": "a red circle"}\n{"image": "x.png", "caption": ""}\n')
     app = make_app(Settings(home=world["home"]))
@@ -94,9 +96,14 @@ def test_a_bad_dataset_fails_before_training(world: dict[str, Any], env: dict[st
         task = app.send_task("vlmops.finetune", args=[f"{MODEL}@production", str(bad)])
         with pytest.raises(Exception, match="row 1: image 'nowhere.png' not found") as err:
             task.get(timeout=120)
+        # the same worker then scores a version as an eval job; the figures are stored on the version
+        scored = app.send_task("vlmops.evaluate", args=[MODEL, ["1"], world["held"]]).get(timeout=120)
     finally:
         stop_worker(worker)
     assert "row 2" in str(err.value)
+    assert 0.0 <= scored["v1"]["zero_shot_acc"] <= 1.0 and "t2i_r_precision" in scored["v1"]
+    held_hash = load_pairs(world["held"]).content_hash
+    assert any(k == f"eval.{held_hash[:16]}" for k in world["store"].get(MODEL, "1").tags)
     runs = world["store"].client.search_runs([world["store"].experiment_id("vlmops-finetune")])
     assert all(r.data.params.get("dataset") != str(bad) for r in runs)  # no run was even started
 
