@@ -55,6 +55,18 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
+def terminate_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not exited within ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class ServiceProcess:
     """``with ServiceProcess("embedding", env={...}) as svc: httpx.get(svc.url + "/readyz")``"""
 
@@ -111,14 +123,7 @@ class ServiceProcess:
             raise RuntimeError(f"{self.name} service: {exc}; see {self.log_path}") from exc
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        terminate_group(self.proc, 20)
 
     def __enter__(self) -> ServiceProcess:
         return self.start()
@@ -144,14 +149,7 @@ class WorkerProcess:
         return self
 
     def stop(self, timeout_s: float = 60) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        terminate_group(self.proc, timeout_s)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

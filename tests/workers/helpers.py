@@ -68,8 +68,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    import signal
+    from infra.process import terminate_group
 
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    terminate_group(proc, 30)
