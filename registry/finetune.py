@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from infra.errors import InvalidInput
 from registry.datasets import PairDataset
@@ -62,19 +62,27 @@ class FinetuneConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     @classmethod
-    def from_file(cls, path: Path, **overrides: Any) -> FinetuneConfig:
-        text = path.read_text()
-        if path.suffix in (".toml",):
-            import tomllib
+    def build(cls, path: Path | None = None, **overrides: Any) -> FinetuneConfig:
+        """A config file (JSON, TOML or YAML) with overrides (CLI flags; None = not given), checked:
+        a bad value is an :class:`InvalidInput` naming the field."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            text = path.read_text()
+            if path.suffix == ".toml":
+                import tomllib
 
-            data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
+                data = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-        return cls(**{**(data or {}), **{k: v for k, v in overrides.items() if v is not None}})
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        try:
+            return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidInput(f"bad finetune config: {problems}") from exc
 
     def key(self) -> str:
         return self.model_dump_json()

@@ -373,7 +373,7 @@ def finetune(
     if isinstance(flags.get("target_modules"), str):
         flags["target_modules"] = [t.strip() for t in str(flags["target_modules"]).split(",") if t.strip()]
     overrides = {k: v for k, v in flags.items() if v is not None}
-    config = FinetuneConfig.from_file(config_file, **overrides) if config_file else FinetuneConfig(**overrides)
+    config = FinetuneConfig.build(config_file, **overrides)
     data = load_pairs(dataset)  # bad rows are reported here, before a job is queued
     click.echo(f"dataset {dataset}: {len(data)} pairs, hash {data.content_hash[:16]}")
     base_ref = base or f"{settings.embedding.model_name}@production"

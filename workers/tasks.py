@@ -71,7 +71,7 @@ def finetune(
         if step == total or step % 5 == 0:
             self.update_state(state="PROGRESS", meta={"done": step, "total": total, "loss": loss, "stage": "train"})
 
-    cfg = FinetuneConfig(**(config or {}))
+    cfg = FinetuneConfig.build(**(config or {}))
     return run_finetune_job(Settings(), base, dataset, cfg, name, eval_dataset, progress)
 
 

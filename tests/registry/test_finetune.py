@@ -157,3 +157,19 @@ class TestGate:
         files = {a.path for a in store.client.list_artifacts(runs[0].info.run_id, "eval")}
         assert {"eval/metrics.png", "eval/table.txt", "eval/report-v1.json"} <= files
         assert runs[0].data.metrics["v1.zero_shot_acc"] == pytest.approx(reports["v1"].metrics["zero_shot_acc"])
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("cfg.json", '{"lora_r": 4, "lr": 0.01, "target_modules": ["attn"]}'),
+        ("cfg.toml", 'lora_r = 4\nlr = 0.01\ntarget_modules = ["attn"]\n'),
+        ("cfg.yaml", "lora_r: 4\nlr: 0.01\ntarget_modules: [attn]\n"),
+    ],
+)
+def test_config_files_and_flags(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text)
+    cfg = FinetuneConfig.build(tmp_path / name, epochs=5, lr=None)  # a flag not given (None) keeps the file's value
+    assert (cfg.lora_r, cfg.lr, cfg.target_modules, cfg.epochs) == (4, 0.01, ["attn"], 5)
+    with pytest.raises(InvalidInput, match="lora_r"):
+        FinetuneConfig.build(tmp_path / name, lora_r=0)

@@ -102,3 +102,38 @@ class TestUp:
         for p in (port, port + 1):
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"http://127.0.0.1:{p}/livez", timeout=2)
+
+
+class TestFinetuneCommands:
+    def test_datasets_eval_and_the_gate_from_the_command_line(
+        self, runner: CliRunner, tmp_path: Path, toy_clip: tuple[ClipModel, dict[str, float]]
+    ) -> None:
+        from infra.errors import InvalidInput
+        from registry.datasets import DatasetError
+        from registry.gate import GateRefused
+
+        pairs = tmp_path / "pairs"
+        path = invoke(runner, "datasets", "toy", str(pairs), "--n", "48", "--split", "test").strip()
+        out = invoke(runner, "datasets", "validate", path)
+        assert "48 pairs" in out and "content hash" in out
+
+        toy_clip[0].save(tmp_path / "good")
+        ClipModel.from_pretrained("vlmops-toy-clip", seed=4).save(tmp_path / "bad")
+        invoke(runner, "models", "register", "m", "--source", str(tmp_path / "good"), "--promote")
+        invoke(runner, "models", "register", "m", "--source", str(tmp_path / "bad"))
+        table = invoke(runner, "eval", "m", "2", "--dataset", path, "--json", str(tmp_path / "r.json"))
+        lines = table[table.index("metric ") :].splitlines()
+        assert lines[0].split()[:3] == ["metric", "v2", "v1"]
+        rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in lines[2:] if line.strip()}
+        assert rows["zero_shot_acc"][1] >= 0.9 > rows["zero_shot_acc"][0]  # the trained one is production
+        reports = json.loads((tmp_path / "r.json").read_text())
+        assert set(reports) == {"v1", "v2"} and len(reports["v1"]["per_class"]) > 1
+        with pytest.raises(GateRefused, match="WORSE"):  # the stored figures are enough for the gate
+            runner.invoke(main, ["models", "promote", "m", "2", "--no-reindex"], catch_exceptions=False)
+
+        kept = Path(path).read_text().splitlines()[:3]
+        Path(path).write_text("\n".join([*kept, '{"image": "gone.png", "caption": "a red star"}']) + "\n")
+        with pytest.raises(DatasetError, match="row 4: image 'gone.png' not found"):
+            runner.invoke(main, ["finetune", "--dataset", path, "--no-wait"], catch_exceptions=False)
+        with pytest.raises(InvalidInput):
+            runner.invoke(main, ["finetune", "--dataset", path, "--lora-r", "0"], catch_exceptions=False)
