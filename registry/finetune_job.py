@@ -105,9 +105,13 @@ def run_finetune_job(
         client.log_artifacts(run_id, str(workdir / "adapter"), "adapter")
     client.log_metric(run_id, "trainable_params", result.trainable_params)
     client.log_metric(run_id, "total_params", result.total_params)
-    info = store.register(
-        target, model, tags=tags, metrics=metrics, description=f"finetuned from {base.ref}", run_id=run_id
-    )
+    earlier = [v for v in store.versions(target) if v.tags.get("training_run_id") == run_id]
+    if earlier:  # registered before a crash that came ahead of result.json: not registered twice
+        info = earlier[0]
+    else:
+        info = store.register(
+            target, model, tags=tags, metrics=metrics, description=f"finetuned from {base.ref}", run_id=run_id
+        )
     client.set_terminated(run_id, "FINISHED")
     out = {
         "name": info.name,
