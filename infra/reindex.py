@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,14 +85,29 @@ def run_reindex(
     page_size: int = 64,
     grace_s: float = 60.0,
     progress: Progress | None = None,
+    inflight: int = 3,
 ) -> ReindexResult:
     build = search.post("/builds/start", collection=collection, version=version)
     done = 0
-    for page in pages(search, collection, page_size):
+
+    def step(page: list[dict[str, Any]]) -> int:
         write_page(search, collection, build["physical"], page, embed_page(page, blobs, embedder, version))
-        done += len(page)
-        if progress is not None:
-            progress(done, "embedding")
+        return len(page)
+
+    # up to ``inflight`` pages at once: blob reads, embedding (batched by the service) and index
+    # writes of different pages overlap; the swap checks completeness, so order does not matter
+    with ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="reindex") as pool:
+        running: set[Future[int]] = set()
+        for page in pages(search, collection, page_size):
+            running.add(pool.submit(step, page))
+            if len(running) >= inflight:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                done += sum(f.result() for f in finished)
+                if progress is not None:
+                    progress(done, "embedding")
+        done += sum(f.result() for f in running)
+    if progress is not None:
+        progress(done, "embedding")
     out = search.post("/builds/finish", collection=collection, physical=build["physical"], grace_s=grace_s)
     if progress is not None:
         progress(done, "swapped")

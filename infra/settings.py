@@ -86,6 +86,7 @@ class WorkerSettings(BaseModel):
     search_url: str = "http://127.0.0.1:3001"
     embedding_url: str = "http://127.0.0.1:3000"
     page_size: int = Field(64, ge=1, description="items a reindex job re-embeds per step")
+    inflight_pages: int = Field(3, ge=1, description="pages a reindex job has in flight at once (overlapped)")
     grace_s: float = Field(
         60.0, ge=0, description="how long a replaced collection stays before the search service drops it"
     )

@@ -36,6 +36,7 @@ def reindex(self: Task, collection: str, version: str | None = None) -> dict[str
         page_size=settings.worker.page_size,
         grace_s=settings.worker.grace_s,
         progress=progress,
+        inflight=settings.worker.inflight_pages,
     )
     return asdict(result)
 
