@@ -52,6 +52,13 @@ ITEMS_TOTAL = bentoml.metrics.Counter(
     labelnames=["operation", "version"],
 )
 
+MODEL_SECONDS = bentoml.metrics.Histogram(
+    name="vlmops_embedding_model_seconds",
+    documentation="time in the model per batch (tokenise or pixels to vectors), by operation",
+    labelnames=["operation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
 
 @bentoml.service(**service_options("vlmops-embedding", LIMITS))
 class EmbeddingService(ModelService[ClipModel]):
@@ -100,7 +107,8 @@ class EmbeddingService(ModelService[ClipModel]):
         """Texts → L2-normalised vectors. Texts over the model's context are cut (``truncated``)."""
 
         def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[TextEmbedding]:
-            vectors, truncated = loaded.model.encode_text([it.text for it in group])
+            with MODEL_SECONDS.labels(operation="embed_text").time():
+                vectors, truncated = loaded.model.encode_text([it.text for it in group])
             ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
             return [
                 TextEmbedding(
@@ -116,7 +124,8 @@ class EmbeddingService(ModelService[ClipModel]):
         """Images (base64 files) → L2-normalised vectors."""
 
         def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[ImageEmbedding]:
-            vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
+            with MODEL_SECONDS.labels(operation="embed_image").time():
+                vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
             ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
             return [
                 ImageEmbedding(**vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version)

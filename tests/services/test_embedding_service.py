@@ -178,9 +178,12 @@ class TestBatchingAndVersions:
         assert len(results) == 36
         assert batched(service.url, "embed_text"), "every batch held one item"
         deadline = time.monotonic() + 10  # the counter lands in the multiprocess registry asynchronously
-        while "vlmops_embedding_items_total" not in httpx.get(f"{service.url}/metrics").text:
+        while "vlmops_embedding_items_total" not in (metrics := httpx.get(f"{service.url}/metrics").text):
             assert time.monotonic() < deadline, "vlmops_embedding_items_total is not exported"
             time.sleep(0.5)
+        # the time in the model per batch is exported too, and some time was spent there
+        sums = [line for line in metrics.splitlines() if line.startswith("vlmops_embedding_model_seconds_sum")]
+        assert sums and sum(float(line.split()[-1]) for line in sums) > 0
 
     def test_pinned_version_promotion_and_rollback_without_restart(
         self, client: EmbeddingClient, registry: RegistryStore
