@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -135,6 +136,9 @@ def measure(url: str, clients: list[int], seconds: float, text_p: list[Any], ima
         for kind, route, payloads in (("texts", "/embed_text", text_p), ("images", "/embed_image", image_p)):
             out[f"{kind}_c{c}"] = r = asyncio.run(load(url, route, payloads, c, seconds))
             print(f"  {url} {kind} x{c} clients: {r['requests_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms", flush=True)
+    # one client again, right after the heaviest load: a batcher that learned to wait shows it here
+    out["texts_c1_after_load"] = r = asyncio.run(load(url, "/embed_text", text_p, 1, seconds))
+    print(f"  {url} texts x1 client after load: p50 {r['p50_ms']:.0f} ms", flush=True)
     return out
 
 
@@ -197,13 +201,13 @@ def run_naive(model_dir: Path, clients: list[int], seconds: float, text_p: list[
 
 def report(results: dict[str, Any]) -> None:
     raw, svc, naive = results["raw"], results["vlmops"], results["naive"]
-    top = max(int(k.split("_c")[1]) for k in svc if k.startswith("texts_c"))
+    top = max(int(k.split("_c")[1]) for k in svc if re.fullmatch(r"texts_c\d+", k))
     print(f"\nembedding — {results['arch']} random weights on {results['device']} ({results['torch_threads']} threads)")
     print(f"{'':34} {'texts/s':>9} {'images/s':>9} {'p50 ms t/i':>12}")
     print(f"{'raw forward, batch 32':34} {raw['texts_per_s_b32']:9.1f} {raw['images_per_s_b32']:9.1f}")
     print(f"{'raw forward, batch 1':34} {raw['texts_per_s_b1']:9.1f} {raw['images_per_s_b1']:9.1f}")
     for name, peer in (("vlmops", svc), ("naive FastAPI", naive)):
-        for key in sorted({k.split("_c")[1] for k in peer if k.startswith("texts_c")}, key=int):
+        for key in sorted({k.split("_c")[1] for k in peer if re.fullmatch(r"texts_c\d+", k)}, key=int):
             t, i = peer[f"texts_c{key}"], peer[f"images_c{key}"]
             label = f"{name}, {key} clients"
             print(
@@ -215,6 +219,7 @@ def report(results: dict[str, Any]) -> None:
         ("1 texts: service/raw at 32 clients", t32["requests_per_s"] / raw["texts_per_s_b32"], ">= 0.9"),
         ("1 images: service/raw at 32 clients", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
         ("2 idle p50 - raw b1 (ms)", svc["texts_c1"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
+        ("2 same, right after 32 clients (ms)", svc["texts_c1_after_load"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
         (
             "3 texts: vlmops/naive at 32 clients",
             t32["requests_per_s"] / naive[f"texts_c{top}"]["requests_per_s"],

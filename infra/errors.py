@@ -37,3 +37,9 @@ class NotReady(VlmopsError):
     """The component has not finished starting."""
 
     http_status = 503
+
+
+class Overloaded(VlmopsError):
+    """More work is queued than can be answered in time; the caller should retry later."""
+
+    http_status = 503

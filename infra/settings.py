@@ -14,7 +14,13 @@ class ServiceSettings(BaseModel):
     model_name: str = "vlmops-model"
     max_batch_size: int = Field(32, ge=1)
     max_latency_ms: int = Field(
-        5000, ge=1, description="BentoML sheds (503) a request it cannot answer within this; batches form well below it"
+        5000, ge=1, description="a request still queued for the model after this is shed (503, retry later)"
+    )
+    max_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        description="the most a batch waits to fill to the load seen (never longer than the last batch ran; "
+        "at idle it does not wait); 0: never wait",
     )
     refresh_interval_s: float = Field(10.0, gt=0, description="how often `production` is re-resolved")
     version_cache_size: int = Field(3, ge=1, description="pinned versions kept loaded besides production")

@@ -12,7 +12,7 @@ import bentoml
 from infra.settings import Settings
 from registry.families.captioning import Captioner, GenerationParams
 from services.model_pool import Loaded
-from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
+from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import CaptionOut, caption_item, group_by
 
 SETTINGS = Settings()
@@ -20,7 +20,6 @@ LIMITS = SETTINGS.captioning
 CaptionItem = caption_item(LIMITS, running_service)
 CaptionItems = items_of(CaptionItem, LIMITS)
 Captions = json_list(CaptionOut)
-BATCH = batch_options(LIMITS)
 
 
 @bentoml.service(**service_options("vlmops-captioning", LIMITS, timeout_s=300))
@@ -28,19 +27,18 @@ class CaptioningService(ModelService[Captioner]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, Captioner)
 
-    @bentoml.api(**BATCH)
-    def caption(self, items: CaptionItems) -> Captions:
+    @bentoml.api
+    async def caption(self, items: CaptionItems) -> Captions:
         """Images (base64 files) → captions; items with the same generation parameters run as one batch."""
+        return await self.respond(items, self._caption)
 
-        def run(loaded: Loaded[Captioner], group: list[Any]) -> list[CaptionOut]:
-            out: list[CaptionOut | None] = [None] * len(group)
-            for (tokens, beams), idx in group_by(group, "max_new_tokens", "num_beams").items():
-                texts = loaded.model.caption([group[i].pil for i in idx], GenerationParams(tokens, beams))
-                for i, text in zip(idx, texts, strict=True):
-                    out[i] = CaptionOut(caption=text, model=self.pool.name, version=loaded.version)
-            return [o for o in out if o is not None]
-
-        return self.per_version(items, run)
+    def _caption(self, loaded: Loaded[Captioner], group: list[Any]) -> list[CaptionOut]:
+        out: list[CaptionOut | None] = [None] * len(group)
+        for (tokens, beams), idx in group_by(group, "max_new_tokens", "num_beams").items():
+            texts = loaded.model.caption([group[i].pil for i in idx], GenerationParams(tokens, beams))
+            for i, text in zip(idx, texts, strict=True):
+                out[i] = CaptionOut(caption=text, model=self.pool.name, version=loaded.version)
+        return [o for o in out if o is not None]
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:

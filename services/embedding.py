@@ -1,8 +1,8 @@
 """The embedding service: CLIP text and image embeddings and zero-shot classification over HTTP.
 
 Serves the ``production`` version of the registered CLIP model named in settings and any version
-a request pins. Every API is batchable: BentoML's adaptive batcher merges concurrent requests, and
-a merged batch is split by model version before it reaches a model. Items validate themselves
+a request pins. Every API is batched: concurrent requests for the same operation and model version
+run as one batch on the worker's model thread (``services.batcher``). Items validate themselves
 (see ``services.schemas``) before they join a batch.
 
     bentoml serve services.embedding:EmbeddingService --port 3000
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import bentoml
 import torch
@@ -25,14 +25,12 @@ from registry.store import VersionInfo
 from services.items import Prepared
 from services.model_pool import Loaded
 from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, vector_fields
-from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
+from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.embedding
-BATCH = batch_options(LIMITS)
-T = TypeVar("T")
 
 
 SCHEMAS = build_request_schemas(LIMITS, running_service)
@@ -78,7 +76,7 @@ class EmbeddingService(ModelService[ClipModel]):
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
-        self.pool.stop()
+        self.shutdown()
         self.preprocess_pool.shutdown(wait=False)
 
     def preprocess(self, version: str | None, image: Image.Image) -> Prepared | None:
@@ -102,63 +100,61 @@ class EmbeddingService(ModelService[ClipModel]):
         return loaded.info.name
 
     # ------------------------------------------------------------------ APIs
-    @bentoml.api(**BATCH)
-    def embed_text(self, items: TextItems) -> TextEmbeddings:
+    @bentoml.api
+    async def embed_text(self, items: TextItems) -> TextEmbeddings:
         """Texts → L2-normalised vectors. Texts over the model's context are cut (``truncated``)."""
+        return await self.respond(items, self._embed_text)
 
-        def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[TextEmbedding]:
-            with MODEL_SECONDS.labels(operation="embed_text").time():
-                vectors, truncated = loaded.model.encode_text([it.text for it in group])
-            ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
-            return [
-                TextEmbedding(
-                    **vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version, truncated=t
-                )
-                for v, t, it in zip(vectors.cpu().numpy(), truncated, group, strict=True)
-            ]
-
-        return self.per_version(items, run)
-
-    @bentoml.api(**BATCH)
-    def embed_image(self, items: ImageItems) -> ImageEmbeddings:
+    @bentoml.api
+    async def embed_image(self, items: ImageItems) -> ImageEmbeddings:
         """Images (base64 files) → L2-normalised vectors."""
+        return await self.respond(items, self._embed_image)
 
-        def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[ImageEmbedding]:
-            with MODEL_SECONDS.labels(operation="embed_image").time():
-                vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
-            ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
-            return [
-                ImageEmbedding(**vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version)
-                for v, it in zip(vectors.cpu().numpy(), group, strict=True)
-            ]
-
-        return self.per_version(items, run)
-
-    @bentoml.api(**BATCH)
-    def classify(self, items: ClassifyItems) -> Classifications:
+    @bentoml.api
+    async def classify(self, items: ClassifyItems) -> Classifications:
         """Zero-shot classification: image + candidate labels (+ prompt templates) → probabilities."""
+        return await self.respond(items, self._classify)
 
-        def run(loaded: Loaded[ClipModel], group: list[Any]) -> list[Classification]:
-            model = loaded.model
-            image_emb = model.encode_pixels(self._pixels(model, group))
-            results = []
-            for emb, it in zip(image_emb, group, strict=True):
-                label_emb = model.label_embeddings(it.labels, it.templates or DEFAULT_TEMPLATES)
-                probs = model.classify_embeddings(emb[None], label_emb)[0].cpu().tolist()
-                order = sorted(range(len(probs)), key=lambda k: -probs[k])
-                results.append(
-                    Classification(
-                        labels=[it.labels[k] for k in order],
-                        probs=[probs[k] for k in order],
-                        top_label=it.labels[order[0]],
-                        model=self._name(loaded),
-                        version=loaded.version,
-                    )
+    # ------------------------------------------------------------------ batches (model thread)
+    def _embed_text(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[TextEmbedding]:
+        with MODEL_SECONDS.labels(operation="embed_text").time():
+            vectors, truncated = loaded.model.encode_text([it.text for it in group])
+        ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
+        return [
+            TextEmbedding(
+                **vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version, truncated=t
+            )
+            for v, t, it in zip(vectors.cpu().numpy(), truncated, group, strict=True)
+        ]
+
+    def _embed_image(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[ImageEmbedding]:
+        with MODEL_SECONDS.labels(operation="embed_image").time():
+            vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
+        ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
+        return [
+            ImageEmbedding(**vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version)
+            for v, it in zip(vectors.cpu().numpy(), group, strict=True)
+        ]
+
+    def _classify(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[Classification]:
+        model = loaded.model
+        image_emb = model.encode_pixels(self._pixels(model, group))
+        results = []
+        for emb, it in zip(image_emb, group, strict=True):
+            label_emb = model.label_embeddings(it.labels, it.templates or DEFAULT_TEMPLATES)
+            probs = model.classify_embeddings(emb[None], label_emb)[0].cpu().tolist()
+            order = sorted(range(len(probs)), key=lambda k: -probs[k])
+            results.append(
+                Classification(
+                    labels=[it.labels[k] for k in order],
+                    probs=[probs[k] for k in order],
+                    top_label=it.labels[order[0]],
+                    model=self._name(loaded),
+                    version=loaded.version,
                 )
-            ITEMS_TOTAL.labels(operation="classify", version=loaded.version).inc(len(group))
-            return results
-
-        return self.per_version(items, run)
+            )
+        ITEMS_TOTAL.labels(operation="classify", version=loaded.version).inc(len(group))
+        return results
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import bentoml
 from infra.settings import Settings
 from registry.families.grounding import Grounder
 from services.model_pool import Loaded
-from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
+from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import Box, GroundingOut, grounding_item, group_by
 
 SETTINGS = Settings()
@@ -20,7 +20,6 @@ LIMITS = SETTINGS.grounding
 GroundingItem = grounding_item(LIMITS, running_service)
 GroundingItems = items_of(GroundingItem, LIMITS)
 Groundings = json_list(GroundingOut)
-BATCH = batch_options(LIMITS)
 
 
 @bentoml.service(**service_options("vlmops-grounding", LIMITS, timeout_s=300))
@@ -28,22 +27,19 @@ class GroundingService(ModelService[Grounder]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, Grounder)
 
-    @bentoml.api(**BATCH)
-    def ground(self, items: GroundingItems) -> Groundings:
+    @bentoml.api
+    async def ground(self, items: GroundingItems) -> Groundings:
         """Image + queries → boxes ``[x0, y0, x1, y1]`` with score and the query that matched."""
+        return await self.respond(items, self._ground)
 
-        def run(loaded: Loaded[Grounder], group: list[Any]) -> list[GroundingOut]:
-            out: list[GroundingOut | None] = [None] * len(group)
-            for (threshold, iou), idx in group_by(group, "threshold", "nms_iou").items():
-                found = loaded.model.detect(
-                    [group[i].pil for i in idx], [group[i].queries for i in idx], threshold, iou
-                )
-                for i, detections in zip(idx, found, strict=True):
-                    boxes = [Box(box=list(d.box), score=d.score, query=d.query) for d in detections]
-                    out[i] = GroundingOut(detections=boxes, model=self.pool.name, version=loaded.version)
-            return [o for o in out if o is not None]
-
-        return self.per_version(items, run)
+    def _ground(self, loaded: Loaded[Grounder], group: list[Any]) -> list[GroundingOut]:
+        out: list[GroundingOut | None] = [None] * len(group)
+        for (threshold, iou), idx in group_by(group, "threshold", "nms_iou").items():
+            found = loaded.model.detect([group[i].pil for i in idx], [group[i].queries for i in idx], threshold, iou)
+            for i, detections in zip(idx, found, strict=True):
+                boxes = [Box(box=list(d.box), score=d.score, query=d.query) for d in detections]
+                out[i] = GroundingOut(detections=boxes, model=self.pool.name, version=loaded.version)
+        return [o for o in out if o is not None]
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:

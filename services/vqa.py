@@ -12,7 +12,7 @@ import bentoml
 from infra.settings import Settings
 from registry.families.vqa import VQAModel
 from services.model_pool import Loaded
-from services.skeleton import ModelService, batch_options, items_of, json_list, running_service, service_options
+from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import AnswerOut, group_by, vqa_item
 
 SETTINGS = Settings()
@@ -20,7 +20,6 @@ LIMITS = SETTINGS.vqa
 QuestionItem = vqa_item(LIMITS, running_service)
 QuestionItems = items_of(QuestionItem, LIMITS)
 Answers = json_list(AnswerOut)
-BATCH = batch_options(LIMITS)
 
 
 @bentoml.service(**service_options("vlmops-vqa", LIMITS, timeout_s=300))
@@ -28,19 +27,18 @@ class VQAService(ModelService[VQAModel]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, VQAModel)
 
-    @bentoml.api(**BATCH)
-    def answer(self, items: QuestionItems) -> Answers:
+    @bentoml.api
+    async def answer(self, items: QuestionItems) -> Answers:
         """(image, question) pairs → answers; the batch runs over pairs."""
+        return await self.respond(items, self._answer)
 
-        def run(loaded: Loaded[VQAModel], group: list[Any]) -> list[AnswerOut]:
-            out: list[AnswerOut | None] = [None] * len(group)
-            for (tokens,), idx in group_by(group, "max_new_tokens").items():
-                answers = loaded.model.answer([group[i].pil for i in idx], [group[i].question for i in idx], tokens)
-                for i, a in zip(idx, answers, strict=True):
-                    out[i] = AnswerOut(answer=a.answer, score=a.score, model=self.pool.name, version=loaded.version)
-            return [o for o in out if o is not None]
-
-        return self.per_version(items, run)
+    def _answer(self, loaded: Loaded[VQAModel], group: list[Any]) -> list[AnswerOut]:
+        out: list[AnswerOut | None] = [None] * len(group)
+        for (tokens,), idx in group_by(group, "max_new_tokens").items():
+            answers = loaded.model.answer([group[i].pil for i in idx], [group[i].question for i in idx], tokens)
+            for i, a in zip(idx, answers, strict=True):
+                out[i] = AnswerOut(answer=a.answer, score=a.score, model=self.pool.name, version=loaded.version)
+        return [o for o in out if o is not None]
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:

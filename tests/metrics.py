@@ -7,15 +7,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 def batched(url: str, method: str) -> bool:
-    """True when the adaptive batcher ran ``method`` on at least one batch of more than one item."""
+    """True when the batcher ran ``method`` on at least one batch of more than one item."""
     metrics = httpx.get(f"{url}/metrics").text
     buckets = {
         float(sample.labels["le"]): sample.value
         for family in text_string_to_metric_families(metrics)
-        if family.name == "bentoml_service_adaptive_batch_size"
+        if family.name == "vlmops_batch_size"
         for sample in family.samples
-        if sample.name.endswith("_bucket") and sample.labels.get("method_name") == method
+        if sample.name.endswith("_bucket") and sample.labels.get("operation") == method
     }
     if not buckets:
-        raise AssertionError(f"no adaptive_batch_size histogram for {method}: {metrics[:1000]}")
+        raise AssertionError(f"no vlmops_batch_size histogram for {method}: {metrics[:1000]}")
     return max(buckets.values()) > buckets[1.0]
