@@ -134,7 +134,10 @@ def measure(url: str, clients: list[int], seconds: float, text_p: list[Any], ima
     out: dict[str, Any] = {}
     for c in clients:
         for kind, route, payloads in (("texts", "/embed_text", text_p), ("images", "/embed_image", image_p)):
-            out[f"{kind}_c{c}"] = r = asyncio.run(load(url, route, payloads, c, seconds))
+            # an image batch of 32 takes seconds on a CPU: a longer window, or a handful of batches
+            # and the start-up transient would decide the figure
+            window = seconds * (3 if kind == "images" else 1)
+            out[f"{kind}_c{c}"] = r = asyncio.run(load(url, route, payloads, c, window))
             print(f"  {url} {kind} x{c} clients: {r['requests_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms", flush=True)
     # one client again, right after the heaviest load: a batcher that learned to wait shows it here
     out["texts_c1_after_load"] = r = asyncio.run(load(url, "/embed_text", text_p, 1, seconds))
@@ -173,7 +176,6 @@ def main() -> None:
         info = store.register("bench-clip", model)
         store.promote("bench-clip", info.version)
         model_dir = store.download(info)
-        del model
         env = {
             "VLMOPS_HOME": str(home),
             "VLMOPS_EMBEDDING__MODEL_NAME": "bench-clip",
@@ -184,8 +186,24 @@ def main() -> None:
             results["vlmops"] = measure(svc.url, clients, args.seconds, text_p, image_p)
             for name, payload in (("batch32_json", batch_json), ("batch32_base64", batch_b64)):
                 results["vlmops"][name] = asyncio.run(load(svc.url, "/embed_text", payload, 1, args.seconds))
+        remeasure_raw(results["raw"], model, images, args.seconds)
+        del model
         results["naive"] = run_naive(model_dir, [clients[0], clients[-1]], args.seconds, text_p, image_p)
     report(results)
+
+
+def remeasure_raw(raw: dict[str, float], model: ClipModel, images: list[Image.Image], seconds: float) -> None:
+    """The batch-32 forwards again, after the service ran: shared machines drift by tens of percent
+    within minutes, so the ratios use the mean of both measurements (both are kept)."""
+    pixels = torch.stack([model.preprocess(im) for im in images[:32]])
+    texts = model.tokenize(QUERIES * 2).tokens
+    again = {
+        "images_per_s_b32": timed_rate(lambda: len(model.encode_pixels(pixels)), seconds),
+        "texts_per_s_b32": timed_rate(lambda: len(model.encode_tokens(texts)), seconds),
+    }
+    for key, value in again.items():
+        raw[f"{key}_before"], raw[f"{key}_after"] = raw[key], value
+        raw[key] = (raw[key] + value) / 2
 
 
 def run_naive(model_dir: Path, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any]) -> Any:
@@ -204,7 +222,10 @@ def report(results: dict[str, Any]) -> None:
     top = max(int(k.split("_c")[1]) for k in svc if re.fullmatch(r"texts_c\d+", k))
     print(f"\nembedding — {results['arch']} random weights on {results['device']} ({results['torch_threads']} threads)")
     print(f"{'':34} {'texts/s':>9} {'images/s':>9} {'p50 ms t/i':>12}")
-    print(f"{'raw forward, batch 32':34} {raw['texts_per_s_b32']:9.1f} {raw['images_per_s_b32']:9.1f}")
+    print(f"{'raw forward, batch 32 (mean)':34} {raw['texts_per_s_b32']:9.1f} {raw['images_per_s_b32']:9.1f}")
+    for when in ("before", "after"):
+        t, i = raw[f"texts_per_s_b32_{when}"], raw[f"images_per_s_b32_{when}"]
+        print(f"{'  ' + when + ' the service ran':34} {t:9.1f} {i:9.1f}")
     print(f"{'raw forward, batch 1':34} {raw['texts_per_s_b1']:9.1f} {raw['images_per_s_b1']:9.1f}")
     for name, peer in (("vlmops", svc), ("naive FastAPI", naive)):
         for key in sorted({k.split("_c")[1] for k in peer if re.fullmatch(r"texts_c\d+", k)}, key=int):
@@ -230,7 +251,7 @@ def report(results: dict[str, Any]) -> None:
             i32["requests_per_s"] / naive[f"images_c{top}"]["requests_per_s"],
             ">= 1.6",
         ),
-        ("4 short texts: cut/padded raw", raw["texts_per_s_b32"] / raw["texts_per_s_b32_padded77"], ">= 10"),
+        ("4 short texts: cut/padded raw", raw["texts_per_s_b32_before"] / raw["texts_per_s_b32_padded77"], ">= 10"),
         ("5 JPEG service / tensor raw (images)", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
         ("6 batch-32 response bytes json/base64", b_json["bytes_per_response"] / b_b64["bytes_per_response"], "info"),
         ("6 batch-32 requests/s base64/json", b_b64["requests_per_s"] / b_json["requests_per_s"], "info"),

@@ -17,7 +17,7 @@ class ServiceSettings(BaseModel):
         5000, ge=1, description="a request still queued for the model after this is shed (503, retry later)"
     )
     max_wait_ms: float = Field(
-        50.0,
+        200.0,
         ge=0,
         description="the most a batch waits to fill to the load seen (never longer than the last batch ran; "
         "at idle it does not wait); 0: never wait",

@@ -82,7 +82,7 @@ class Batcher:
         run: RunBatch,
         max_batch_size: int,
         max_latency_ms: float,
-        max_wait_ms: float = 50.0,
+        max_wait_ms: float = 200.0,
         name: str = "model",
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
