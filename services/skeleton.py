@@ -85,7 +85,8 @@ def json_response(results: Sequence[BaseModel]) -> Any:
 
 
 def json_list(out: type[BaseModel]) -> Any:
-    """A list of ``out`` with its content type declared: spares BentoML a JSON-schema build per response."""
+    """An API's declared response: a JSON list of ``out`` (its OpenAPI schema); the bytes themselves
+    are made by :func:`json_response`."""
     return Annotated[list[out], ContentType("application/json")]  # type: ignore[valid-type]
 
 
