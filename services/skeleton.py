@@ -71,7 +71,7 @@ def service_options(name: str, limits: ServiceSettings, timeout_s: int = 120) ->
 
 
 def items_of(item: type[BaseModel], limits: ServiceSettings) -> Any:
-    """The one batchable parameter: a non-empty list of items, at most ``max_items``."""
+    """The one parameter every API takes: a non-empty list of items, at most ``max_items``."""
     return Annotated[list[item], Field(min_length=1, max_length=limits.max_items)]  # type: ignore[valid-type]
 
 
