@@ -217,9 +217,14 @@ def run_naive(model_dir: Path, clients: list[int], seconds: float, text_p: list[
         proc.wait()
 
 
+def client_counts(peer: dict[str, Any]) -> list[int]:
+    """The client counts a peer was measured at (keys ``texts_c<N>``), ascending."""
+    return sorted(int(m[1]) for k in peer if (m := re.fullmatch(r"texts_c(\d+)", k)))
+
+
 def report(results: dict[str, Any]) -> None:
     raw, svc, naive = results["raw"], results["vlmops"], results["naive"]
-    top = max(int(k.split("_c")[1]) for k in svc if re.fullmatch(r"texts_c\d+", k))
+    top = client_counts(svc)[-1]
     print(f"\nembedding — {results['arch']} random weights on {results['device']} ({results['torch_threads']} threads)")
     print(f"{'':34} {'texts/s':>9} {'images/s':>9} {'p50 ms t/i':>12}")
     print(f"{'raw forward, batch 32 (mean)':34} {raw['texts_per_s_b32']:9.1f} {raw['images_per_s_b32']:9.1f}")
@@ -228,7 +233,7 @@ def report(results: dict[str, Any]) -> None:
         print(f"{'  ' + when + ' the service ran':34} {t:9.1f} {i:9.1f}")
     print(f"{'raw forward, batch 1':34} {raw['texts_per_s_b1']:9.1f} {raw['images_per_s_b1']:9.1f}")
     for name, peer in (("vlmops", svc), ("naive FastAPI", naive)):
-        for key in sorted({k.split("_c")[1] for k in peer if re.fullmatch(r"texts_c\d+", k)}, key=int):
+        for key in client_counts(peer):
             t, i = peer[f"texts_c{key}"], peer[f"images_c{key}"]
             label = f"{name}, {key} clients"
             print(

@@ -116,12 +116,6 @@ class Batcher:
             self._stopped = True
             self._cond.notify_all()
 
-    @property
-    def queued(self) -> int:
-        """Items waiting (not counting the batch that is running)."""
-        with self._cond:
-            return sum(len(r.items) for r in self._pending)
-
     # ------------------------------------------------------------------ model-thread side
     def _serve(self) -> None:
         while True:
@@ -193,13 +187,15 @@ class Batcher:
         head = batch[0]
         items = [item for request in batch for item in request.items]
         started = time.monotonic()
+        results: list[Any] | BaseException
         try:
-            results: list[Any] | BaseException = []
+            results = []
             for i in range(0, len(items), self.max_batch_size):  # one request may hold more items
-                chunk = list(self._run(head.op, head.key, items[i : i + self.max_batch_size]))
-                if len(chunk) != len(items[i : i + self.max_batch_size]):
-                    raise RuntimeError(f"{head.op!r} returned {len(chunk)} results for {len(items)} items")
-                results.extend(chunk)  # type: ignore[union-attr]
+                chunk = items[i : i + self.max_batch_size]
+                out = list(self._run(head.op, head.key, chunk))
+                if len(out) != len(chunk):
+                    raise RuntimeError(f"{head.op!r} returned {len(out)} results for {len(chunk)} items")
+                results.extend(out)
         except Exception as exc:  # the batch's requests get the error; the thread serves on
             results = exc
         ran = time.monotonic() - started
@@ -209,8 +205,7 @@ class Batcher:
         start = 0
         for request in batch:
             end = start + len(request.items)
-            out = results if isinstance(results, BaseException) else results[start:end]
-            _answer(request, out)
+            _answer(request, results if isinstance(results, BaseException) else results[start:end])
             start = end
         if self._on_batch is not None:
             stats = BatchStats(head.op, len(items), len(batch), started - head.enqueued, ran)

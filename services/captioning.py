@@ -13,7 +13,7 @@ from infra.settings import Settings
 from registry.families.captioning import Captioner, GenerationParams
 from services.model_pool import Loaded
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
-from services.vision_schemas import CaptionOut, caption_item, group_by
+from services.vision_schemas import CaptionOut, caption_item, per_params
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.captioning
@@ -33,12 +33,11 @@ class CaptioningService(ModelService[Captioner]):
         return await self.respond(items, self._caption)
 
     def _caption(self, loaded: Loaded[Captioner], group: list[Any]) -> list[CaptionOut]:
-        out: list[CaptionOut | None] = [None] * len(group)
-        for (tokens, beams), idx in group_by(group, "max_new_tokens", "num_beams").items():
-            texts = loaded.model.caption([group[i].pil for i in idx], GenerationParams(tokens, beams))
-            for i, text in zip(idx, texts, strict=True):
-                out[i] = CaptionOut(caption=text, model=self.pool.name, version=loaded.version)
-        return [o for o in out if o is not None]
+        def run(params: tuple[Any, ...], items: list[Any]) -> list[CaptionOut]:
+            texts = loaded.model.caption([it.pil for it in items], GenerationParams(*params))
+            return [CaptionOut(caption=t, model=self.pool.name, version=loaded.version) for t in texts]
+
+        return per_params(group, ("max_new_tokens", "num_beams"), run)
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from infra.settings import Settings
 from registry.families.grounding import Grounder
 from services.model_pool import Loaded
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
-from services.vision_schemas import Box, GroundingOut, grounding_item, group_by
+from services.vision_schemas import Box, GroundingOut, grounding_item, per_params
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.grounding
@@ -33,13 +33,19 @@ class GroundingService(ModelService[Grounder]):
         return await self.respond(items, self._ground)
 
     def _ground(self, loaded: Loaded[Grounder], group: list[Any]) -> list[GroundingOut]:
-        out: list[GroundingOut | None] = [None] * len(group)
-        for (threshold, iou), idx in group_by(group, "threshold", "nms_iou").items():
-            found = loaded.model.detect([group[i].pil for i in idx], [group[i].queries for i in idx], threshold, iou)
-            for i, detections in zip(idx, found, strict=True):
-                boxes = [Box(box=list(d.box), score=d.score, query=d.query) for d in detections]
-                out[i] = GroundingOut(detections=boxes, model=self.pool.name, version=loaded.version)
-        return [o for o in out if o is not None]
+        def run(params: tuple[Any, ...], items: list[Any]) -> list[GroundingOut]:
+            threshold, iou = params
+            found = loaded.model.detect([it.pil for it in items], [it.queries for it in items], threshold, iou)
+            return [
+                GroundingOut(
+                    detections=[Box(box=list(d.box), score=d.score, query=d.query) for d in detections],
+                    model=self.pool.name,
+                    version=loaded.version,
+                )
+                for detections in found
+            ]
+
+        return per_params(group, ("threshold", "nms_iou"), run)
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@ readiness, the request-time hooks items call while they validate, and the batche
 through (split by model version).
 
 A service class sets itself up with :meth:`ModelService.setup` in its ``__init__`` and declares async
-BentoML APIs that hand their items to :meth:`ModelService.batched` with the method that runs a batch
+BentoML APIs that hand their items to :meth:`ModelService.respond` with the method that runs a batch
 on a loaded model; everything else is here.
 """
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -11,6 +11,8 @@ from infra.errors import InvalidInput
 from infra.settings import CaptioningSettings, GroundingSettings, VQASettings
 from services.edge import validating
 from services.items import RequestHooks, build_base_items, clean_text
+
+T = TypeVar("T")
 
 
 class CaptionOut(BaseModel):
@@ -85,9 +87,16 @@ def grounding_item(limits: GroundingSettings, hooks: Callable[[], RequestHooks |
     return GroundingItem
 
 
-def group_by(items: list[Any], *fields: str) -> dict[tuple[Any, ...], list[int]]:
-    """Indices of items sharing the same values of ``fields`` (e.g. generation parameters)."""
+def per_params(
+    items: list[Any], fields: Sequence[str], run: Callable[[tuple[Any, ...], list[Any]], Sequence[T]]
+) -> list[T]:
+    """``run(values, items)`` once per distinct values of ``fields`` (e.g. generation parameters) among
+    ``items``; results in the items' order."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(tuple(getattr(it, f) for f in fields), []).append(i)
-    return groups
+    out: list[Any] = [None] * len(items)
+    for values, idx in groups.items():
+        for i, result in zip(idx, run(values, [items[i] for i in idx]), strict=True):
+            out[i] = result
+    return out

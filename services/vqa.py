@@ -13,7 +13,7 @@ from infra.settings import Settings
 from registry.families.vqa import VQAModel
 from services.model_pool import Loaded
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
-from services.vision_schemas import AnswerOut, group_by, vqa_item
+from services.vision_schemas import AnswerOut, per_params, vqa_item
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.vqa
@@ -33,12 +33,14 @@ class VQAService(ModelService[VQAModel]):
         return await self.respond(items, self._answer)
 
     def _answer(self, loaded: Loaded[VQAModel], group: list[Any]) -> list[AnswerOut]:
-        out: list[AnswerOut | None] = [None] * len(group)
-        for (tokens,), idx in group_by(group, "max_new_tokens").items():
-            answers = loaded.model.answer([group[i].pil for i in idx], [group[i].question for i in idx], tokens)
-            for i, a in zip(idx, answers, strict=True):
-                out[i] = AnswerOut(answer=a.answer, score=a.score, model=self.pool.name, version=loaded.version)
-        return [o for o in out if o is not None]
+        def run(params: tuple[Any, ...], items: list[Any]) -> list[AnswerOut]:
+            (tokens,) = params
+            answers = loaded.model.answer([it.pil for it in items], [it.question for it in items], tokens)
+            return [
+                AnswerOut(answer=a.answer, score=a.score, model=self.pool.name, version=loaded.version) for a in answers
+            ]
+
+        return per_params(group, ("max_new_tokens",), run)
 
     @bentoml.api(route="/models")
     def models(self) -> dict[str, Any]:
