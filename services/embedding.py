@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from infra.settings import Settings
+from infra.threads import one_torch_thread
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
 from registry.store import VersionInfo
 from services.items import Prepared
@@ -62,7 +63,9 @@ MODEL_SECONDS = bentoml.metrics.Histogram(
 class EmbeddingService(ModelService[ClipModel]):
     def __init__(self) -> None:
         self.setup(SETTINGS, LIMITS, ClipModel)
-        self.preprocess_pool = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="preprocess")
+        self.preprocess_pool = ThreadPoolExecutor(
+            LIMITS.decode_threads, thread_name_prefix="preprocess", initializer=one_torch_thread
+        )
         self.pool.on_load = self._warm_up
 
     def _load(self, info: VersionInfo) -> ClipModel:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from infra.errors import NotFound, NotReady
+from infra.threads import in_fresh_thread
 from registry.families import ModelFamily
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 
@@ -156,6 +157,11 @@ class ModelPool(Generic[M]):
     def _load(self, info: VersionInfo) -> Loaded[M]:
         if info.version not in self._known:
             self._known.add(info.version)
+        # on a thread of its own: this thread (a poller, the model thread) keeps no OpenMP team from
+        # the load, which would slow every later batch (see infra.threads)
+        return in_fresh_thread(lambda: self._load_now(info), name=f"load-{self.name}")
+
+    def _load_now(self, info: VersionInfo) -> Loaded[M]:
         loaded = Loaded(info, self._loader(info))
         if self.on_load is not None:
             self.on_load(loaded)

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from infra.errors import ModelFormatError
 from infra.settings import ServiceSettings, Settings, resolve_device, resolve_precision
+from infra.threads import one_torch_thread
 from registry.families import ModelFamily
 from registry.store import RegistryStore, VersionInfo
 from services.batcher import Batcher, BatchStats
@@ -103,6 +104,9 @@ class ModelService(Generic[M]):
         self.precision = resolve_precision(limits.precision, self.device)
         if limits.torch_threads:
             torch.set_num_threads(limits.torch_threads)
+        # this thread runs the event loop, which decodes and preprocesses images at request time: with
+        # torch ops of its own in parallel it would keep an OpenMP team and slow the model thread down
+        one_torch_thread()
         self.store = RegistryStore.from_settings(settings)
         self.pool = ModelPool(
             self.store,

@@ -1,0 +1,84 @@
+"""Only the model thread keeps an OpenMP team: helper threads run torch alone or end with their team."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from infra.threads import _libgomp, in_fresh_thread, one_torch_thread
+
+pytestmark = pytest.mark.skipif(
+    torch.get_num_threads() < 2 or _libgomp() is None, reason="needs torch on libgomp with 2+ threads"
+)
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def big_op() -> float:
+    """An elementwise op far over torch's grain size: it runs as an OpenMP parallel region."""
+    return float((torch.ones(4_000_000) * 2).sum())
+
+
+def on_thread(fn: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def settles_at(expected: int, timeout_s: float = 5.0) -> int:
+    """The process's thread count once it reaches ``expected`` (team workers exit just after their thread)."""
+    deadline = time.monotonic() + timeout_s
+    while os_threads() != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os_threads()
+
+
+def test_one_torch_thread_runs_alone_and_leaves_other_threads_their_count() -> None:
+    def pinned() -> tuple[int, int, int, float]:
+        one_torch_thread()
+        before = os_threads()
+        value = big_op()
+        return torch.get_num_threads(), before, os_threads(), value
+
+    count, before, after, value = on_thread(pinned)
+    assert count == 1
+    assert after == before, "a pinned thread started OpenMP workers"
+    assert value == pytest.approx(8_000_000)
+    # another thread still gets the process-wide count, and a team for its parallel regions
+    assert on_thread(torch.get_num_threads) == torch.get_num_threads() >= 2
+
+    def unpinned() -> int:
+        before = os_threads()
+        big_op()
+        return os_threads() - before
+
+    assert on_thread(unpinned) >= 1
+
+
+def test_in_fresh_thread_returns_and_its_team_ends_with_it() -> None:
+    def caller() -> tuple[int, float, int]:  # a thread with no team of its own yet
+        before = os_threads()
+        value = in_fresh_thread(big_op)
+        return before, value, settles_at(before)
+
+    before, value, after = on_thread(caller)
+    assert value == pytest.approx(8_000_000)
+    assert after == before, "OpenMP workers outlived the fresh thread"
+
+
+def test_in_fresh_thread_raises_the_error_on_the_caller() -> None:
+    def fails() -> None:
+        raise ValueError("bad checkpoint")
+
+    with pytest.raises(ValueError, match="bad checkpoint"):
+        in_fresh_thread(fails)
