@@ -2,7 +2,10 @@
 
 - the raw in-process forward of the model (pre-decoded tensors; batch 32 and batch 1);
 - the vlmops embedding service under 1, 8 and 32 concurrent single-item clients (JPEG images);
-- the obvious alternative: FastAPI calling the model once per request (``bench/naive_server.py``).
+- the obvious alternative: FastAPI calling the model once per request (``bench/naive_server.py``);
+- the ceiling here: the same batcher and model behind a minimal HTTP server (``bench/bound_server.py``).
+
+The clients are ``bench.loadgen``'s (closed loop, keep-alive, cheap enough not to be the bottleneck).
 
     python -m bench.embedding [--arch ViT-B-32] [--seconds 6]
 
@@ -13,7 +16,6 @@ the arithmetic is the same as with trained ones.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import platform
@@ -28,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import torch
 from PIL import Image
 
+from bench.loadgen import load
 from infra.images import to_base64
 from infra.process import ServiceProcess, free_port, wait_http
 from infra.settings import Settings
@@ -88,59 +90,20 @@ def raw_numbers(model: ClipModel, images: list[Image.Image], seconds: float) -> 
     return out
 
 
-async def load(url: str, route: str, payloads: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` concurrent closed-loop clients, each sending one request after the other."""
-    latencies: list[float] = []
-    errors: dict[int, int] = {}
-    received = 0
-    bodies = [json.dumps(p).encode() for p in payloads]
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as http:
-        async with http.post(route, data=bodies[0], headers=headers) as resp:  # warm-up
-            await resp.read()
-        deadline = time.perf_counter() + seconds
-
-        async def worker(k: int) -> None:
-            nonlocal received
-            i = k
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                async with http.post(route, data=bodies[i % len(bodies)], headers=headers) as resp:
-                    body = await resp.read()
-                    if resp.status != 200:
-                        errors[resp.status] = errors.get(resp.status, 0) + 1
-                        continue
-                received += len(body)
-                latencies.append(time.perf_counter() - t)
-                i += clients
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(clients)))
-        wall = time.perf_counter() - t0
-    ok = sorted(latencies) or [float("nan")]
-    return {
-        "requests_per_s": len(latencies) / wall,
-        "p50_ms": statistics.median(ok) * 1000,
-        "p99_ms": ok[max(0, int(len(ok) * 0.99) - 1)] * 1000,
-        "errors": sum(errors.values()),
-        "error_statuses": {str(k): v for k, v in errors.items()},
-        "requests": len(latencies),
-        "bytes_per_response": received / max(1, len(latencies)),
-    }
-
-
-def measure(url: str, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any]) -> dict[str, Any]:
+def measure(
+    url: str, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any] | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    kinds = [("texts", "/embed_text", text_p)] + ([("images", "/embed_image", image_p)] if image_p else [])
     for c in clients:
-        for kind, route, payloads in (("texts", "/embed_text", text_p), ("images", "/embed_image", image_p)):
+        for kind, route, payloads in kinds:
             # an image batch of 32 takes seconds on a CPU: a longer window, or a handful of batches
             # and the start-up transient would decide the figure
             window = seconds * (3 if kind == "images" else 1)
-            out[f"{kind}_c{c}"] = r = asyncio.run(load(url, route, payloads, c, window))
+            out[f"{kind}_c{c}"] = r = load(url, route, payloads, c, window)
             print(f"  {url} {kind} x{c} clients: {r['requests_per_s']:.1f}/s, p50 {r['p50_ms']:.0f} ms", flush=True)
     # one client again, right after the heaviest load: a batcher that learned to wait shows it here
-    out["texts_c1_after_load"] = r = asyncio.run(load(url, "/embed_text", text_p, 1, seconds))
+    out["texts_c1_after_load"] = r = load(url, "/embed_text", text_p, 1, seconds)
     print(f"  {url} texts x1 client after load: p50 {r['p50_ms']:.0f} ms", flush=True)
     return out
 
@@ -185,10 +148,11 @@ def main() -> None:
         with ServiceProcess("embedding", env=env, log_path=home / "service.log") as svc:
             results["vlmops"] = measure(svc.url, clients, args.seconds, text_p, image_p)
             for name, payload in (("batch32_json", batch_json), ("batch32_base64", batch_b64)):
-                results["vlmops"][name] = asyncio.run(load(svc.url, "/embed_text", payload, 1, args.seconds))
+                results["vlmops"][name] = load(svc.url, "/embed_text", payload, 1, args.seconds)
         remeasure_raw(results["raw"], model, images, args.seconds)
         del model
-        results["naive"] = run_naive(model_dir, [clients[0], clients[-1]], args.seconds, text_p, image_p)
+        results["naive"] = run_peer("naive_server", model_dir, args.seconds, text_p, image_p, [clients[0], clients[-1]])
+        results["bound"] = run_peer("bound_server", model_dir, args.seconds, text_p, None, [clients[-1]])
     report(results)
 
 
@@ -206,9 +170,13 @@ def remeasure_raw(raw: dict[str, float], model: ClipModel, images: list[Image.Im
         raw[key] = (raw[key] + value) / 2
 
 
-def run_naive(model_dir: Path, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any]) -> Any:
+def run_peer(
+    module: str, model_dir: Path, seconds: float, text_p: list[Any], image_p: list[Any] | None, clients: list[int]
+) -> dict[str, Any]:
+    """A peer server (``bench.<module>``) on the same model, measured like the service (texts only
+    without ``image_p``)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", f"bench.{module}", str(model_dir), str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", 120, proc)
         return measure(f"http://127.0.0.1:{port}", clients, seconds, text_p, image_p)
@@ -223,7 +191,7 @@ def client_counts(peer: dict[str, Any]) -> list[int]:
 
 
 def report(results: dict[str, Any]) -> None:
-    raw, svc, naive = results["raw"], results["vlmops"], results["naive"]
+    raw, svc, naive, bound = results["raw"], results["vlmops"], results["naive"], results["bound"]
     top = client_counts(svc)[-1]
     print(f"\nembedding — {results['arch']} random weights on {results['device']} ({results['torch_threads']} threads)")
     print(f"{'':34} {'texts/s':>9} {'images/s':>9} {'p50 ms t/i':>12}")
@@ -239,10 +207,14 @@ def report(results: dict[str, Any]) -> None:
             print(
                 f"{label:34} {t['requests_per_s']:9.1f} {i['requests_per_s']:9.1f} {t['p50_ms']:5.0f}/{i['p50_ms']:.0f}"
             )
+    b32 = bound[f"texts_c{top}"]
+    label = f"bound server, {top} clients (texts)"
+    print(f"{label:34} {b32['requests_per_s']:9.1f} {'':>9} {b32['p50_ms']:5.0f}")
     t32, i32 = svc[f"texts_c{top}"], svc[f"images_c{top}"]
     b_json, b_b64 = svc["batch32_json"], svc["batch32_base64"]
     targets = [
         ("1 texts: service/raw at 32 clients", t32["requests_per_s"] / raw["texts_per_s_b32"], ">= 0.9"),
+        ("1 texts: bound server/raw (the ceiling here)", b32["requests_per_s"] / raw["texts_per_s_b32"], "info"),
         ("1 images: service/raw at 32 clients", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
         ("2 idle p50 - raw b1 (ms)", svc["texts_c1"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
         ("2 same, right after 32 clients (ms)", svc["texts_c1_after_load"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
@@ -265,7 +237,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"\n{'target':42} {'value':>8}  goal")
     for name, value, goal in targets:
         print(f"{name:42} {value:8.2f}  {goal}")
-    errors = {k: v["errors"] for peer in (svc, naive) for k, v in peer.items() if v.get("errors")}
+    errors = {k: v["errors"] for peer in (svc, naive, bound) for k, v in peer.items() if v.get("errors")}
     if errors:
         print(f"requests that failed: {errors}")
     write_results(f"embedding-{results['device']}", results)

@@ -10,7 +10,6 @@ processors built locally (``infra.local_tokenizers``): nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 import time
@@ -23,7 +22,8 @@ import torch
 import transformers as T
 from PIL import Image
 
-from bench.embedding import jpeg, load, write_results
+from bench.embedding import jpeg, write_results
+from bench.loadgen import load
 from infra.images import to_base64
 from infra.local_tokenizers import bert_tokenizer, clip_tokenizer
 from infra.process import ServiceProcess
@@ -141,7 +141,7 @@ def main() -> None:
             with ServiceProcess(service, env=env, log_path=home / f"{service}.log", ready_timeout_s=300) as svc:
                 for c in clients:
                     bodies = [{"items": [item(service, p)]} for p in payloads]
-                    row[f"service_c{c}"] = asyncio.run(load(svc.url, route, bodies, c, args.seconds))
+                    row[f"service_c{c}"] = load(svc.url, route, bodies, c, args.seconds)
             results[service] = row
             print(f"  {title}: {json.dumps({k: v for k, v in row.items() if k.startswith('raw')})}", flush=True)
     report(results, args.batch, clients)
