@@ -210,6 +210,9 @@ def up(services: str | None, port: int, worker: bool) -> None:
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too, explicitly: a shell without job control starts background commands with SIGINT
+    # ignored, and Python then installs no Ctrl-C handler of its own
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
         for proc in procs:
