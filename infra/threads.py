@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -53,21 +53,8 @@ def one_torch_thread() -> None:
 
 def in_fresh_thread(fn: Callable[[], T], name: str = "torch-once") -> T:
     """``fn()`` on a new thread that ends with it (taking its OpenMP team along); its result or error."""
-    box: dict[str, T] = {}
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return box["result"]
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as once:  # leaving joins the thread
+        return once.submit(fn).result()
 
 
 __all__ = ["in_fresh_thread", "one_torch_thread"]
