@@ -90,6 +90,42 @@ def raw_numbers(model: ClipModel, images: list[Image.Image], seconds: float) -> 
     return out
 
 
+def interleaved(raw: Callable[[], float], served: Callable[[], float], rounds: int) -> dict[str, Any]:
+    """raw, served, raw, served, ..., raw: each served window against the mean of the raw windows
+    either side of it, and the median of those ratios. These machines drift by tens of percent within
+    minutes; side by side in time, a ratio compares like with like."""
+    raws = [raw()]
+    served_rates: list[float] = []
+    for _ in range(rounds):
+        served_rates.append(served())
+        raws.append(raw())
+    ratios = [s / ((a + b) / 2) for s, a, b in zip(served_rates, raws, raws[1:], strict=False)]
+    return {"raw": raws, "served": served_rates, "ratios": ratios, "ratio": statistics.median(ratios)}
+
+
+def near_the_limit(
+    url: str, model: ClipModel, images: list[Image.Image], clients: int, seconds: float, rounds: int, payloads: Any
+) -> dict[str, Any]:
+    """Target 1: the service at ``clients`` single-item clients against the raw batch-32 forward,
+    interleaved (:func:`interleaved`), for texts and for images."""
+    pixels = torch.stack([model.preprocess(im) for im in images[:32]])
+    texts = model.tokenize(QUERIES * 2).tokens
+    out: dict[str, Any] = {}
+    for kind, route, forward, window in (
+        ("texts", "/embed_text", lambda: len(model.encode_tokens(texts)), seconds),
+        ("images", "/embed_image", lambda: len(model.encode_pixels(pixels)), seconds * 3),
+    ):
+        out[kind] = r = interleaved(
+            lambda f=forward, w=window: timed_rate(f, w),  # type: ignore[misc]
+            lambda rt=route, k=kind, w=window: load(url, rt, payloads[k], clients, w)["requests_per_s"],  # type: ignore[misc]
+            rounds,
+        )
+        windows = zip(r["served"], r["raw"], r["raw"][1:], strict=False)
+        pairs = ", ".join(f"{s:.1f}/{(a + b) / 2:.1f}" for s, a, b in windows)
+        print(f"  {kind} x{clients} clients / raw batch 32, interleaved: {pairs} -> {r['ratio']:.2f}", flush=True)
+    return out
+
+
 def measure(
     url: str, clients: list[int], seconds: float, text_p: list[Any], image_p: list[Any] | None
 ) -> dict[str, Any]:
@@ -113,6 +149,7 @@ def main() -> None:
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=3, help="service windows interleaved with raw ones (target 1)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clients = [int(c) for c in args.clients.split(",")]
@@ -147,6 +184,10 @@ def main() -> None:
         }
         with ServiceProcess("embedding", env=env, log_path=home / "service.log") as svc:
             results["vlmops"] = measure(svc.url, clients, args.seconds, text_p, image_p)
+            payloads = {"texts": text_p, "images": image_p}
+            results["interleaved"] = near_the_limit(
+                svc.url, model, images, clients[-1], args.seconds, args.rounds, payloads
+            )
             for name, payload in (("batch32_json", batch_json), ("batch32_base64", batch_b64)):
                 results["vlmops"][name] = load(svc.url, "/embed_text", payload, 1, args.seconds)
         remeasure_raw(results["raw"], model, images, args.seconds)
@@ -192,6 +233,7 @@ def client_counts(peer: dict[str, Any]) -> list[int]:
 
 def report(results: dict[str, Any]) -> None:
     raw, svc, naive, bound = results["raw"], results["vlmops"], results["naive"], results["bound"]
+    near = results["interleaved"]
     top = client_counts(svc)[-1]
     print(f"\nembedding — {results['arch']} random weights on {results['device']} ({results['torch_threads']} threads)")
     print(f"{'':34} {'texts/s':>9} {'images/s':>9} {'p50 ms t/i':>12}")
@@ -213,9 +255,11 @@ def report(results: dict[str, Any]) -> None:
     t32, i32 = svc[f"texts_c{top}"], svc[f"images_c{top}"]
     b_json, b_b64 = svc["batch32_json"], svc["batch32_base64"]
     targets = [
-        ("1 texts: service/raw at 32 clients", t32["requests_per_s"] / raw["texts_per_s_b32"], ">= 0.9"),
+        ("1 texts: service/raw at 32 clients", near["texts"]["ratio"], ">= 0.9"),
+        ("1 images: service/raw at 32 clients", near["images"]["ratio"], ">= 0.9"),
+        ("1 texts: same, from the windows above", t32["requests_per_s"] / raw["texts_per_s_b32"], "info"),
+        ("1 images: same, from the windows above", i32["requests_per_s"] / raw["images_per_s_b32"], "info"),
         ("1 texts: bound server/raw (the ceiling here)", b32["requests_per_s"] / raw["texts_per_s_b32"], "info"),
-        ("1 images: service/raw at 32 clients", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
         ("2 idle p50 - raw b1 (ms)", svc["texts_c1"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
         ("2 same, right after 32 clients (ms)", svc["texts_c1_after_load"]["p50_ms"] - raw["text_b1_p50_ms"], "<= 10"),
         (
@@ -229,7 +273,7 @@ def report(results: dict[str, Any]) -> None:
             ">= 1.6",
         ),
         ("4 short texts: cut/padded raw", raw["texts_per_s_b32_before"] / raw["texts_per_s_b32_padded77"], ">= 10"),
-        ("5 JPEG service / tensor raw (images)", i32["requests_per_s"] / raw["images_per_s_b32"], ">= 0.9"),
+        ("5 JPEG service / tensor raw (images)", near["images"]["ratio"], ">= 0.9"),
         ("6 batch-32 response bytes json/base64", b_json["bytes_per_response"] / b_b64["bytes_per_response"], "info"),
         ("6 batch-32 requests/s base64/json", b_b64["requests_per_s"] / b_json["requests_per_s"], "info"),
     ]

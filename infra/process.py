@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -68,7 +70,12 @@ def terminate_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> N
 
 
 class ServiceProcess:
-    """``with ServiceProcess("embedding", env={...}) as svc: httpx.get(svc.url + "/readyz")``"""
+    """``with ServiceProcess("embedding", env={...}) as svc: httpx.get(svc.url + "/readyz")``
+
+    Each server gets a BentoML home of its own (a temporary directory, removed on stop) unless ``env``
+    names one: ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts
+    and exports every metrics file in it, so two servers sharing a home would wipe each other's
+    metrics and each report the other's."""
 
     def __init__(
         self,
@@ -81,6 +88,10 @@ class ServiceProcess:
         self.name = name
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
+        self._own_home: Path | None = None
+        if "BENTOML_HOME" not in (env or {}):
+            self._own_home = Path(tempfile.mkdtemp(prefix=f"bentoml-{name}-"))
+            self.env["BENTOML_HOME"] = str(self._own_home)
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,6 +107,8 @@ class ServiceProcess:
 
     def launch(self) -> None:
         """Start the process without waiting for it to be ready."""
+        if self._own_home is not None:
+            self._own_home.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             serve_command(self.name, self.port),
@@ -124,6 +137,8 @@ class ServiceProcess:
 
     def stop(self) -> None:
         terminate_group(self.proc, 20)
+        if self._own_home is not None:
+            shutil.rmtree(self._own_home, ignore_errors=True)
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

@@ -31,7 +31,15 @@ class ServiceSettings(BaseModel):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on CUDA, fp32 on CPU")
-    access_log: bool = Field(False, description="BentoML's per-request access log (metrics are always on)")
+    access_log: bool = Field(
+        False, description="BentoML's per-request access log (on: every request takes BentoML's own path)"
+    )
+    fast_path: bool = Field(
+        True,
+        description="serve the item APIs through vlmops' lean ASGI layer in front of BentoML's stack "
+        "(services/fastpath.py); false: every request through BentoML's middlewares (tracing spans)",
+    )
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="largest request body the fast path reads")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for inference; default: torch's")
     workers: int = Field(
         1, ge=1, description="API worker processes, each with its own model copy (2-4 keep one GPU busy)"

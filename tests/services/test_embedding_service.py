@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.errors import InvalidInput, NotFound, PayloadTooLarge
 from infra.images import encode_png, to_base64
@@ -25,6 +27,7 @@ from tests.metrics import batched
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
+MAX_REQUEST_BYTES = 4_000_000
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,22 @@ def service(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
         "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "500",
         "VLMOPS_EMBEDDING__MAX_TEXT_CHARS": "500",
         "VLMOPS_EMBEDDING__MAX_IMAGE_PIXELS": "1000000",
+        "VLMOPS_EMBEDDING__MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
     }
     with ServiceProcess("embedding", env=env, log_path=home / "service.log") as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def bentoml_path(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
+    """The same service with the fast path off: every request through BentoML's own stack."""
+    env = {
+        "VLMOPS_HOME": str(home),
+        "VLMOPS_EMBEDDING__MAX_TEXT_CHARS": "500",
+        "VLMOPS_EMBEDDING__MAX_IMAGE_PIXELS": "1000000",
+        "VLMOPS_EMBEDDING__FAST_PATH": "false",
+    }
+    with ServiceProcess("embedding", env=env, log_path=home / "service-bentoml-path.log") as svc:
         yield svc
 
 
@@ -166,6 +183,83 @@ class TestBadInput:
         with ThreadPoolExecutor(16) as pool:
             out = list(pool.map(call, range(16)))
         assert out == ["ok 96", "400"] * 8
+
+
+class TestFastPath:
+    """The item APIs are served by ``services.fastpath`` in front of BentoML's stack: the same answers,
+    statuses and messages as BentoML's own path gives, request for request."""
+
+    def requests(self) -> list[tuple[str, object]]:
+        image = to_base64(png(ToyWorld().sample(2, Split.TEST).image))
+        return [
+            ("/embed_text", {"items": [{"text": "a red circle"}, {"text": "a blue star", "encoding": "base64"}]}),
+            ("/embed_image", {"items": [{"image": image}]}),
+            ("/classify", {"items": [{"image": image, "labels": ["a red circle", "a blue star"]}]}),
+            ("/embed_text", {"items": []}),
+            ("/embed_text", {"items": [{"text": "  "}]}),
+            ("/embed_text", {"items": [{"text": "x" * 501}]}),
+            ("/embed_text", {"items": [{"text": "a red circle", "model_version": "99"}]}),
+            ("/embed_text", {"items": "a red circle"}),
+            ("/embed_text", {"texts": ["a red circle"]}),
+            ("/embed_text", b'{"items": [{"text": '),
+            ("/embed_image", {"items": [{"image": "@@not-base64@@"}]}),
+            ("/embed_image", {"items": [{"image": to_base64(b"this is not an image")}]}),
+            ("/classify", {"items": [{"image": image, "labels": ["only one"]}]}),
+        ]
+
+    def test_answers_statuses_and_messages_equal_bentomls(
+        self, service: ServiceProcess, bentoml_path: ServiceProcess
+    ) -> None:
+        for route, payload in self.requests():
+            content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            headers = {"content-type": "application/json"}
+            fast = httpx.post(service.url + route, content=content, headers=headers, timeout=60)
+            slow = httpx.post(bentoml_path.url + route, content=content, headers=headers, timeout=60)
+            assert fast.status_code == slow.status_code, (route, payload, fast.text, slow.text)
+            if fast.status_code == 200:
+                for a, b in zip(fast.json(), slow.json(), strict=True):
+                    if a.get("vector") is not None:
+                        np.testing.assert_allclose(a.pop("vector"), b.pop("vector"), atol=1e-6)
+                    if a.get("probs") is not None:
+                        np.testing.assert_allclose(a.pop("probs"), b.pop("probs"), atol=1e-6)
+                    if a.get("vector_b64") is not None:
+                        fa, fb = (np.frombuffer(base64.b64decode(x.pop("vector_b64")), "<f4") for x in (a, b))
+                        np.testing.assert_allclose(fa, fb, atol=1e-6)
+                    assert a == b
+            else:
+                assert 400 <= fast.status_code < 500
+                assert fast.json() == slow.json(), route
+
+    def test_a_body_over_the_limit_gets_413_and_the_service_keeps_serving(
+        self, client: EmbeddingClient, service: ServiceProcess
+    ) -> None:
+        text = "a red circle " * 30
+        body = json.dumps({"items": [{"text": text[:400]}] * (MAX_REQUEST_BYTES // 400 + 1)}).encode()
+        resp = httpx.post(f"{service.url}/embed_text", content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 413
+        assert f"over the limit of {MAX_REQUEST_BYTES} bytes" in resp.json()[0]["error"]
+        assert client.embed_text(["a red circle"]).vectors.shape == (1, 96)
+
+    def test_requests_are_counted_by_route_and_status(self, client: EmbeddingClient, service: ServiceProcess) -> None:
+        def count(status: str) -> float:
+            text = httpx.get(f"{service.url}/metrics").text
+            return sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "vlmops_http_requests_total"
+                and sample.labels == {"route": "/embed_text", "status": status}
+            )
+
+        ok, bad = count("200"), count("400")
+        for _ in range(3):
+            client.embed_text(["a red circle"])
+        with pytest.raises(InvalidInput):
+            client.embed_text([" "])
+        deadline = time.monotonic() + 10  # the multiprocess registry is written asynchronously
+        while (count("200") - ok, count("400") - bad) != (3, 1):
+            assert time.monotonic() < deadline, (count("200") - ok, count("400") - bad)
+            time.sleep(0.3)
 
 
 class TestBatchingAndVersions:
