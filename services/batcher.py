@@ -74,6 +74,21 @@ def _answer(request: _Request, result: list[Any] | BaseException) -> None:
         request.loop.call_soon_threadsafe(_resolve, request.future, result)
 
 
+def _resolve_all(answers: list[tuple[asyncio.Future[list[Any]], list[Any] | BaseException]]) -> None:
+    for future, result in answers:
+        _resolve(future, result)
+
+
+def _answer_all(answers: Sequence[tuple[_Request, list[Any] | BaseException]]) -> None:
+    """:func:`_answer` for a whole batch: one wake-up of each event loop, not one per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Any]], list[Any] | BaseException]]] = {}
+    for request, result in answers:
+        by_loop.setdefault(request.loop, []).append((request.future, result))
+    for loop, resolved in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_resolve_all, resolved)
+
+
 class Batcher:
     """``run(op, key, items)`` is called on the model thread with items of one (op, key), in order."""
 
@@ -94,6 +109,7 @@ class Batcher:
         self._last_run_s = 0.0
         self._on_batch = on_batch
         self._pending: deque[_Request] = deque()
+        self._pending_items = 0
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
@@ -108,7 +124,15 @@ class Batcher:
             if self._stopped:
                 raise Overloaded("the service is shutting down")
             self._pending.append(request)
-            self._cond.notify()
+            self._pending_items += len(items)
+            # wake the model thread only when it has something new to decide: a request for an idle
+            # model, or a batch now filled (a wake-up per request costs the loop a GIL hand-over each)
+            if (
+                len(self._pending) == 1
+                or len(self._pending) >= self._expect
+                or self._pending_items >= self.max_batch_size
+            ):
+                self._cond.notify()
         return await request.future
 
     def stop(self) -> None:
@@ -181,6 +205,7 @@ class Batcher:
             else:
                 rest.append(request)
         self._pending = rest
+        self._pending_items = sum(len(r.items) for r in rest)
         return batch
 
     def _run_batch(self, batch: list[_Request]) -> None:
@@ -202,11 +227,13 @@ class Batcher:
         with self._cond:
             self._expect = len(batch) + len(self._pending)
             self._last_run_s = ran
+        answers: list[tuple[_Request, list[Any] | BaseException]] = []
         start = 0
         for request in batch:
             end = start + len(request.items)
-            _answer(request, results if isinstance(results, BaseException) else results[start:end])
+            answers.append((request, results if isinstance(results, BaseException) else results[start:end]))
             start = end
+        _answer_all(answers)
         if self._on_batch is not None:
             stats = BatchStats(head.op, len(items), len(batch), started - head.enqueued, ran)
             try:
@@ -218,6 +245,7 @@ class Batcher:
         for request in self._pending:
             _answer(request, exc)
         self._pending.clear()
+        self._pending_items = 0
 
 
 __all__ = ["BatchStats", "Batcher"]

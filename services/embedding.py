@@ -26,7 +26,7 @@ from registry.store import VersionInfo
 from services.fastpath import hot_path
 from services.items import Prepared
 from services.model_pool import Loaded
-from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, vector_fields
+from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, embedding_json
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 
 log = logging.getLogger(__name__)
@@ -121,23 +121,25 @@ class EmbeddingService(ModelService[ClipModel]):
         return await self.respond(items, self._classify)
 
     # ------------------------------------------------------------------ batches (model thread)
-    def _embed_text(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[TextEmbedding]:
+    def _embed_text(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[bytes]:
+        """:class:`TextEmbedding` JSON per item."""
         with MODEL_SECONDS.labels(operation="embed_text").time():
             vectors, truncated = loaded.model.encode_text([it.text for it in group])
         ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
+        name, version = self._name(loaded), loaded.version
         return [
-            TextEmbedding(
-                **vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version, truncated=t
-            )
+            embedding_json(v, it.encoding, model=name, version=version, truncated=t)
             for v, t, it in zip(vectors.cpu().numpy(), truncated, group, strict=True)
         ]
 
-    def _embed_image(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[ImageEmbedding]:
+    def _embed_image(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[bytes]:
+        """:class:`ImageEmbedding` JSON per item."""
         with MODEL_SECONDS.labels(operation="embed_image").time():
             vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
         ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
+        name, version = self._name(loaded), loaded.version
         return [
-            ImageEmbedding(**vector_fields(v, it.encoding), model=self._name(loaded), version=loaded.version)
+            embedding_json(v, it.encoding, model=name, version=version)
             for v, it in zip(vectors.cpu().numpy(), group, strict=True)
         ]
 
