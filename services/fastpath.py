@@ -1,4 +1,4 @@
-"""The hot path: a service's item APIs served by a lean ASGI layer in front of BentoML's own stack.
+"""The fast path: a service's item APIs served by a lean ASGI layer in front of BentoML's own stack.
 
 Under load a model service's event loop does little but take requests in, validate their items and
 hand them to the batcher; BentoML's generic request path around that (its metrics and tracing
@@ -46,12 +46,12 @@ S = TypeVar("S", bound=bentoml.Service[Any])
 
 REQUESTS = bentoml.metrics.Counter(
     name="vlmops_http_requests_total",
-    documentation="requests the hot path answered, by route and status",
+    documentation="requests the fast path answered, by route and status",
     labelnames=["route", "status"],
 )
 SECONDS = bentoml.metrics.Histogram(
     name="vlmops_http_request_seconds",
-    documentation="time from the request's body to its response on the hot path, by route",
+    documentation="time from the request's body to its response on the fast path, by route",
     labelnames=["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
@@ -61,7 +61,7 @@ INTERNAL = "An unexpected error has occurred, please check the server log."
 
 
 class RequestTooLarge(Exception):
-    """The body is over the hot path's limit."""
+    """The body is over the fast path's limit."""
 
 
 def error_body(exc: Exception) -> tuple[int, bytes]:
@@ -108,7 +108,6 @@ class FastPath:
         self, app: ASGIApp, service: Any, apis: Iterable[str], max_body_bytes: int, enabled: bool = True
     ) -> None:
         self.app = app
-        self.service = service
         self.max_body_bytes = max_body_bytes
         self.routes: dict[str, Any] = {}
         if enabled:
@@ -148,7 +147,8 @@ class FastPath:
             raise
         except Exception as exc:
             log.exception("%s failed", method.route)
-            return error_body(exc)[0], JSON_HEADERS, error_body(exc)[1]
+            status, payload = error_body(exc)
+            return status, JSON_HEADERS, payload
         return response.status_code, response.raw_headers, response.body
 
 
