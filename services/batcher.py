@@ -74,14 +74,17 @@ def _answer(request: _Request, result: list[Any] | BaseException) -> None:
         request.loop.call_soon_threadsafe(_resolve, request.future, result)
 
 
-def _resolve_all(answers: list[tuple[asyncio.Future[list[Any]], list[Any] | BaseException]]) -> None:
+Result = list[Any] | BaseException
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future[list[Any]], Result]]) -> None:
     for future, result in answers:
         _resolve(future, result)
 
 
-def _answer_all(answers: Sequence[tuple[_Request, list[Any] | BaseException]]) -> None:
+def _answer_all(answers: Sequence[tuple[_Request, Result]]) -> None:
     """:func:`_answer` for a whole batch: one wake-up of each event loop, not one per request."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Any]], list[Any] | BaseException]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Any]], Result]]] = {}
     for request, result in answers:
         by_loop.setdefault(request.loop, []).append((request.future, result))
     for loop, resolved in by_loop.items():
@@ -227,7 +230,7 @@ class Batcher:
         with self._cond:
             self._expect = len(batch) + len(self._pending)
             self._last_run_s = ran
-        answers: list[tuple[_Request, list[Any] | BaseException]] = []
+        answers: list[tuple[_Request, Result]] = []
         start = 0
         for request in batch:
             end = start + len(request.items)
