@@ -68,12 +68,6 @@ def _resolve(future: asyncio.Future[list[Any]], result: list[Any] | BaseExceptio
         future.set_result(result)
 
 
-def _answer(request: _Request, result: list[Any] | BaseException) -> None:
-    """Hand ``result`` to the request's event loop (from the model thread)."""
-    with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
-        request.loop.call_soon_threadsafe(_resolve, request.future, result)
-
-
 Result = list[Any] | BaseException
 
 
@@ -82,8 +76,9 @@ def _resolve_all(answers: list[tuple[asyncio.Future[list[Any]], Result]]) -> Non
         _resolve(future, result)
 
 
-def _answer_all(answers: Sequence[tuple[_Request, Result]]) -> None:
-    """:func:`_answer` for a whole batch: one wake-up of each event loop, not one per request."""
+def _answer(answers: Sequence[tuple[_Request, Result]]) -> None:
+    """Hand each result to its request's event loop (from the model thread): one wake-up of each loop,
+    not one per request."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Any]], Result]]] = {}
     for request, result in answers:
         by_loop.setdefault(request.loop, []).append((request.future, result))
@@ -198,7 +193,7 @@ class Batcher:
                     f"the request waited {waited * 1000:.0f} ms in the queue, over the limit of "
                     f"{self._max_queue_s * 1000:.0f} ms: the service is overloaded, retry later"
                 )
-                _answer(request, shed)
+                _answer([(request, shed)])
                 continue
             head = batch[0] if batch else request
             fits = not batch or size + len(request.items) <= self.max_batch_size
@@ -236,7 +231,7 @@ class Batcher:
             end = start + len(request.items)
             answers.append((request, results if isinstance(results, BaseException) else results[start:end]))
             start = end
-        _answer_all(answers)
+        _answer(answers)
         if self._on_batch is not None:
             stats = BatchStats(head.op, len(items), len(batch), started - head.enqueued, ran)
             try:
@@ -245,8 +240,7 @@ class Batcher:
                 log.exception("on_batch failed")
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request in self._pending:
-            _answer(request, exc)
+        _answer([(request, exc) for request in self._pending])
         self._pending.clear()
         self._pending_items = 0
 

@@ -44,16 +44,19 @@ def registry(home: Path, toy_clip: tuple[ClipModel, dict[str, float]]) -> Regist
     return store
 
 
-@pytest.fixture(scope="module")
-def service(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
+def service_env(home: Path, **settings: object) -> dict[str, str]:
+    """The test service's environment: its limits, plus ``VLMOPS_EMBEDDING__<KEY>`` for each setting."""
     env = {
         "VLMOPS_HOME": str(home),
-        "VLMOPS_EMBEDDING__REFRESH_INTERVAL_S": "0.5",
-        "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "500",
         "VLMOPS_EMBEDDING__MAX_TEXT_CHARS": "500",
         "VLMOPS_EMBEDDING__MAX_IMAGE_PIXELS": "1000000",
-        "VLMOPS_EMBEDDING__MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
     }
+    return env | {f"VLMOPS_EMBEDDING__{key.upper()}": str(value) for key, value in settings.items()}
+
+
+@pytest.fixture(scope="module")
+def service(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
+    env = service_env(home, refresh_interval_s=0.5, max_latency_ms=500, max_request_bytes=MAX_REQUEST_BYTES)
     with ServiceProcess("embedding", env=env, log_path=home / "service.log") as svc:
         yield svc
 
@@ -61,12 +64,7 @@ def service(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
 @pytest.fixture(scope="module")
 def bentoml_path(home: Path, registry: RegistryStore) -> Iterator[ServiceProcess]:
     """The same service with the fast path off: every request through BentoML's own stack."""
-    env = {
-        "VLMOPS_HOME": str(home),
-        "VLMOPS_EMBEDDING__MAX_TEXT_CHARS": "500",
-        "VLMOPS_EMBEDDING__MAX_IMAGE_PIXELS": "1000000",
-        "VLMOPS_EMBEDDING__FAST_PATH": "false",
-    }
+    env = service_env(home, fast_path="false")
     with ServiceProcess("embedding", env=env, log_path=home / "service-bentoml-path.log") as svc:
         yield svc
 
