@@ -1,17 +1,18 @@
 """Collections: which registered model each uses, which physical collection (and so which model
-version) is live behind its alias, and the ingest / search operations on them.
+version) is live behind its alias, and the ingest / search / rebuild operations on them.
 
 The invariant lives here: a query is embedded by the version of the physical collection it
-searches. A search resolves the alias once and uses that one physical collection and its version
-for both the embedding and the lookup.
+searches. A search reads the collection's row once and uses that one physical collection and its
+version for both the embedding and the lookup.
+
+The state lives in the catalog database (``infra.catalog_db``), the vectors in the index: a search
+replica keeps nothing of its own, so several can serve one PostgreSQL catalog and one Qdrant server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from infra.blobs import BlobStore
-from infra.errors import InvalidInput, NotFound
+from infra.catalog_db import CatalogDB, CollectionRow, JobRow
+from infra.errors import Conflict, InvalidInput, NotFound
 from infra.vector_index import Hit, IndexPoint, VectorIndex, physical_name, point_id
 from infra.vector_index.base import Filter, check_name
 
 log = logging.getLogger(__name__)
 RESERVED = ("blob", "content_hash")
+RETRIES = 3  # times an ingest re-embeds when a build starts or swaps between embedding and writing
 
 
 @dataclass(frozen=True)
@@ -55,186 +58,172 @@ ImageEmbedder = Callable[[Sequence[bytes], str], np.ndarray]
 TextEmbedder = Callable[[Sequence[str], str], np.ndarray]
 
 
-class Catalog:
-    """Owns every collection of one index (live or being built): the only writer."""
+def _info(row: CollectionRow) -> CollectionInfo:
+    return CollectionInfo(row.name, row.model, row.live_version, row.live_physical, row.dim, list(row.keyword_fields))
 
-    def __init__(self, root: Path, index: VectorIndex, blobs: BlobStore) -> None:
-        self.root = root
+
+class Catalog:
+    """Every collection of one index, live or being built, with its state in the catalog database."""
+
+    def __init__(self, db: CatalogDB, index: VectorIndex, blobs: BlobStore) -> None:
+        self.db = db
         self.index = index
         self.blobs = blobs
-        self._lock = threading.RLock()
-        root.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- metadata
-    def _file(self) -> Path:
-        return self.root / "collections.json"
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        return json.loads(self._file().read_text()) if self._file().is_file() else {}
-
-    def _write(self, data: dict[str, dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".collections-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-        os.replace(tmp, self._file())
+    def row(self, name: str) -> CollectionRow:
+        row = self.db.get(name)
+        if row is None:
+            raise NotFound(f"no collection {name!r}")
+        return row
 
     def info(self, name: str) -> CollectionInfo:
-        """The collection as it is live now: alias → physical collection → model version."""
-        meta = self._read().get(name)
-        physical = self.index.resolve(name)
-        if meta is None or physical is None:
-            raise NotFound(f"no collection {name!r}")
-        return CollectionInfo(
-            name=name,
-            model=meta["model"],
-            version=self._version_of(physical, meta),
-            physical=physical,
-            dim=int(meta["dim"]),
-            keyword_fields=list(meta.get("keyword_fields", [])),
-        )
-
-    @staticmethod
-    def _version_of(physical: str, meta: dict[str, Any]) -> str:
-        versions = meta.get("versions", {})
-        if physical not in versions:
-            raise NotFound(f"collection {meta['name']!r} points at {physical!r}, which it does not know")
-        return str(versions[physical])
+        """The collection as it is live now: name → physical collection → model version."""
+        return _info(self.row(name))
 
     def list(self) -> list[CollectionInfo]:
-        out = []
-        for name in sorted(self._read()):
-            try:
-                out.append(self.info(name))
-            except NotFound:
-                continue
-        return out
+        return [_info(r) for r in self.db.all()]
 
     def count(self, name: str) -> int:
         return self.index.count(self.info(name).physical)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every collection with its item count, running build and reindex job (for lists and metrics)."""
+        jobs = self.db.jobs()
+        out = []
+        for row in self.db.all():
+            try:
+                count = self.index.count(row.live_physical)
+            except NotFound:  # deleted between the two reads
+                continue
+            build = {"version": row.build_version, "physical": row.build_physical} if row.build_physical else None
+            job = jobs.get(row.name)
+            out.append({**asdict(_info(row)), "count": count, "build": build, "reindex": job and job.as_dict()})
+        return out
 
     # ---------------------------------------------------------------- lifecycle
     def create(
         self, name: str, model: str, version: str, dim: int, keyword_fields: Sequence[str] = ()
     ) -> CollectionInfo:
         check_name(name)
-        with self._lock:
-            data = self._read()
-            if name in data:
-                raise InvalidInput(f"collection {name!r} exists")
-            physical = physical_name(name, model, version)
+        physical = physical_name(name, model, version)
+        row = CollectionRow(name, model, dim, list(keyword_fields), physical, version, created_at=time.time())
+        with self.db.transaction() as conn:
+            self.db.insert(conn, row)  # a second creator of the name waits here, then gets 409
+            if self.index.exists(physical):  # left behind by a delete that did not finish
+                self.index.drop(physical)
             self.index.create(physical, dim, keyword_fields=[*keyword_fields, *RESERVED])
-            meta = {"name": name, "model": model, "dim": dim, "keyword_fields": list(keyword_fields)}
-            data[name] = {**meta, "versions": {physical: version}}
-            self._write(data)
             self.index.set_alias(name, physical)
         return self.info(name)
 
     def delete(self, name: str) -> None:
-        with self._lock:
-            data = self._read()
-            meta = data.pop(name, None)
-            if meta is None:
-                raise NotFound(f"no collection {name!r}")
+        with self.db.locked(name, exclusive=True) as (conn, _):
+            dropped = self.db.remove(conn, name)
             self.index.delete_alias(name)
-            self._write(data)
-            for physical in meta.get("versions", {}):
-                self.index.drop(physical)
+        for physical in dropped:  # after commit: a search that read the row fails cleanly (404)
+            self.index.drop(physical)
 
     # ---------------------------------------------------------------- rebuilds (reindex protocol)
-    def start_build(self, name: str, version: str) -> dict[str, str]:
-        """A staging collection for ``version`` (the same one again if that build is already running)."""
-        with self._lock:
-            info = self.info(name)
-            data = self._read()
-            meta = data[name]
-            build = meta.get("build")
-            if build and build["version"] == version:
-                return dict(build)
-            if build:
-                raise InvalidInput(f"{name!r} is already being rebuilt for version {build['version']}")
-            if version == info.version:
-                raise InvalidInput(f"{name!r} is already embedded by version {version}")
-            physical = physical_name(name, info.model, version)
+    def start_build(self, name: str, version: str, replace: bool = False) -> dict[str, str]:
+        """A staging collection for ``version`` (the same one again if that build is already running).
+
+        ``replace``: a build of another version is abandoned (its job died) and a new one started."""
+        with self.db.locked(name, exclusive=True) as (conn, row):
+            if row.build_physical and row.build_version == version:
+                return {"physical": row.build_physical, "version": version, "live": row.live_physical}
+            if row.build_physical and not replace:
+                raise Conflict(f"{name!r} is already being rebuilt for version {row.build_version}")
+            if version == row.live_version:
+                raise Conflict(f"{name!r} is already embedded by version {version}")
+            if row.build_physical:
+                self.db.forget_physical(conn, row.build_physical)
+                self.index.drop(row.build_physical)
+            physical = physical_name(name, row.model, version)
             if self.index.exists(physical):  # left over from an aborted build: start clean
                 self.index.drop(physical)
-            self.index.create(physical, info.dim, keyword_fields=[*info.keyword_fields, *RESERVED])
-            meta["build"] = {"physical": physical, "version": version, "live": info.physical}
-            meta.setdefault("versions", {})[physical] = version
-            self._write(data)
-            return dict(meta["build"])
+            self.index.create(physical, row.dim, keyword_fields=[*row.keyword_fields, *RESERVED])
+            self.db.add_physical(conn, physical, name, version)
+            self.db.update(conn, name, build_physical=physical, build_version=version, build_started_at=time.time())
+        return {"physical": physical, "version": version, "live": row.live_physical}
 
-    def items(self, name: str, offset: int, limit: int) -> list[IndexPoint]:
-        """A page of the live collection's items (ids and payloads, blob keys included), in a stable order."""
-        info = self.info(name)
-        ids = sorted(p.id for p in self.index.scroll(info.physical))
-        return [IndexPoint(p.id, [], p.payload) for p in self.index.get(info.physical, ids[offset : offset + limit])]
+    def items(self, name: str, cursor: str | None, limit: int) -> tuple[list[IndexPoint], str | None]:
+        """A page of the live collection's items (ids and payloads, blob keys included) from ``cursor``,
+        and the cursor of the next page: one pass over the collection in all."""
+        return self.index.page(self.info(name).physical, cursor, limit, with_vectors=False)
 
     def write_build(self, name: str, physical: str, points: Sequence[IndexPoint]) -> int:
-        build = self._read().get(name, {}).get("build")
-        if not build or build["physical"] != physical:
-            raise NotFound(f"no running build {physical!r} of {name!r}")
-        self.index.upsert(physical, points)
+        with self.db.locked(name, exclusive=False) as (_, row):
+            if row.build_physical != physical:
+                raise NotFound(f"no running build {physical!r} of {name!r}")
+            self.index.upsert(physical, points)
         return self.index.count(physical)
 
     def finish_build(self, name: str, physical: str) -> CollectionInfo:
         """Swap the alias to the staging collection, atomically, once it holds every live item."""
-        with self._lock:
-            data = self._read()
-            meta = data.get(name, {})
-            build = meta.get("build")
-            if not build or build["physical"] != physical:
+        with self.db.locked(name, exclusive=True) as (conn, row):
+            if row.build_physical != physical or row.build_version is None:
                 raise NotFound(f"no running build {physical!r} of {name!r}")
-            live_ids = {p.id for p in self.index.scroll(build["live"])}
-            staged = {p.id for p in self.index.get(physical, sorted(live_ids))}
-            if missing := live_ids - staged:
-                raise InvalidInput(f"build {physical!r} lacks {len(missing)} live items: not swapped")
+            live_ids = [p.id for p in self.index.scroll(row.live_physical, batch=1024, with_vectors=False)]
+            staged = {p.id for p in self.index.get(physical, live_ids)}
+            if missing := set(live_ids) - staged:
+                raise Conflict(f"build {physical!r} lacks {len(missing)} live items: not swapped")
             self.index.set_alias(name, physical)
-            meta.pop("build")
-            meta.setdefault("retired", {})[build["live"]] = time.time()
-            self._write(data)
+            self.db.update(
+                conn,
+                name,
+                live_physical=physical,
+                live_version=row.build_version,
+                build_physical=None,
+                build_version=None,
+                build_started_at=None,
+            )
+            self.db.retire(conn, row.live_physical, time.time())
         return self.info(name)
 
     def drop_retired(self, grace_s: float) -> list[str]:
         """Drop physical collections retired more than ``grace_s`` ago (searches in flight have finished)."""
-        dropped = []
-        with self._lock:
-            data = self._read()
-            for meta in data.values():
-                for physical, since in list(meta.get("retired", {}).items()):
-                    if time.time() - since >= grace_s:
-                        self.index.drop(physical)
-                        meta["retired"].pop(physical)
-                        meta.get("versions", {}).pop(physical, None)
-                        dropped.append(physical)
-            self._write(data)
-        return dropped
+        with self.db.transaction() as conn:
+            due = self.db.retired_before(conn, time.time() - grace_s)
+            for physical in due:
+                self.index.drop(physical)
+                self.db.forget_physical(conn, physical)
+        return due
 
     # ---------------------------------------------------------------- ingest and search
     def ingest(
         self, name: str, images: Sequence[bytes], payloads: Sequence[dict[str, Any]], embed: ImageEmbedder
     ) -> list[str]:
-        """Store, embed (with the live version) and index images; idempotent by content hash. Returns ids."""
+        """Store, embed (with every target's version) and index images; idempotent by content hash.
+
+        Embedding happens outside any lock; the writes happen under the collection's shared lock, to
+        the targets as they are at that moment (the swap waits for them, and a swap or a build start
+        that came first is seen), so an item acknowledged here is in the live collection after any
+        swap. Returns the ids."""
         if len(images) != len(payloads):
             raise InvalidInput("one payload per image")
         for p in payloads:
             if clash := [k for k in RESERVED if k in p]:
                 raise InvalidInput(f"payload keys {clash} are reserved")
-        info = self.info(name)
         keys = [self.blobs.put(data) for data in images]
-        targets = [(info.physical, info.version)]
-        build = self._read()[name].get("build")
-        if build:  # a rebuild is running: new items go into the staging collection too, with its version
-            targets.append((build["physical"], build["version"]))
-        ids: list[str] = []
-        for physical, version in targets:
-            vectors = embed(images, version)
-            points = [
-                IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
-                for key, vec, payload in zip(keys, vectors, payloads, strict=True)
-            ]
-            self.index.upsert(physical, points)
-            ids = [p.id for p in points]
-        return ids
+        vectors: dict[str, np.ndarray] = {}
+        for attempt in range(RETRIES + 1):
+            for _, version in self.row(name).targets:
+                if version not in vectors:
+                    vectors[version] = embed(images, version)
+            with self.db.locked(name, exclusive=False) as (_, row):
+                missing = [v for _, v in row.targets if v not in vectors]
+                if missing and attempt < RETRIES:
+                    continue  # a build started meanwhile: embed for it too, outside the lock
+                for physical, version in row.targets:
+                    if version not in vectors:  # retries spent: embed under the lock
+                        vectors[version] = embed(images, version)
+                    points = [
+                        IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
+                        for key, vec, payload in zip(keys, vectors[version], payloads, strict=True)
+                    ]
+                    self.index.upsert(physical, points)
+                return [point_id(key) for key in keys]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def search(
         self,
@@ -262,7 +251,7 @@ class Catalog:
     ) -> list[Result]:
         try:
             hits = self.index.search(info.physical, vector.tolist(), top_k, filter, threshold)
-        except NotFound as exc:  # deleted (or its version dropped) between resolving the alias and searching
+        except NotFound as exc:  # deleted (or its version dropped) between reading the row and searching
             raise NotFound(f"collection {info.name!r} was deleted while it was being searched") from exc
         return [self._result(h, info) for h in hits]
 
@@ -272,19 +261,69 @@ class Catalog:
             hit.id, hit.score, payload, self.blobs.uri(str(hit.payload.get("blob", ""))), info.model, info.version
         )
 
+    # ---------------------------------------------------------------- migration
+    def migrate_json(self, folder: Path) -> int:
+        """Import ``collections.json`` of an earlier release (the catalog was a file on the search
+        service's disk) once; the file is renamed so it is never read again. Returns collections imported."""
+        path = folder / "collections.json"
+        if not path.is_file():
+            return 0
+        data: dict[str, dict[str, Any]] = json.loads(path.read_text())
+        imported = 0
+        with self.db.transaction() as conn:
+            for name, meta in sorted(data.items()):
+                if self.db.get(name) is not None:
+                    continue
+                versions: dict[str, str] = {k: str(v) for k, v in meta.get("versions", {}).items()}
+                live = self.index.resolve(name)
+                if live is None or live not in versions:
+                    log.warning("collections.json: %r has no live collection in the index; not imported", name)
+                    continue
+                build = meta.get("build") or {}
+                row = CollectionRow(
+                    name,
+                    str(meta["model"]),
+                    int(meta["dim"]),
+                    list(meta.get("keyword_fields", [])),
+                    live,
+                    versions[live],
+                    build_physical=build.get("physical"),
+                    build_version=build.get("version"),
+                    build_started_at=time.time() if build else None,
+                    created_at=time.time(),
+                )
+                self.db.insert(conn, row)
+                for physical, version in versions.items():
+                    if physical != live:
+                        self.db.add_physical(conn, physical, name, version)
+                for physical, since in meta.get("retired", {}).items():
+                    self.db.retire(conn, physical, float(since))
+                imported += 1
+        path.rename(path.with_name("collections.json.migrated"))
+        log.warning("migrated %d collection(s) from %s into the catalog database", imported, path)
+        return imported
 
-def as_dict(result: Result | CollectionInfo) -> dict[str, Any]:
+
+def as_dict(result: Result | CollectionInfo | JobRow) -> dict[str, Any]:
     return asdict(result)
 
 
 class Janitor:
     """Drops replaced physical collections once they have been retired ``grace_s`` (searches that
-    resolved the old alias have finished by then), checking every ``interval_s``."""
+    read the old row have finished by then), checking every ``interval_s``; ``on_pass`` runs after
+    each pass (the search service refreshes its catalog gauges there)."""
 
-    def __init__(self, catalog: Catalog, grace_s: float, interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        grace_s: float,
+        interval_s: float | None = None,
+        on_pass: Callable[[], None] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.grace_s = grace_s
         self.interval_s = interval_s if interval_s is not None else max(1.0, min(30.0, grace_s / 2))
+        self.on_pass = on_pass
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vlmops-janitor", daemon=True)
 
@@ -301,5 +340,7 @@ class Janitor:
             try:
                 if dropped := self.catalog.drop_retired(self.grace_s):
                     log.info("dropped retired collections %s", dropped)
+                if self.on_pass is not None:
+                    self.on_pass()
             except Exception:  # noqa: BLE001 - the janitor must outlive one failed pass
-                log.exception("dropping retired collections failed; trying again later")
+                log.exception("janitor pass failed; trying again later")

@@ -43,3 +43,16 @@ class Overloaded(VlmopsError):
     """More work is queued than can be answered in time; the caller should retry later."""
 
     http_status = 503
+
+
+class Conflict(InvalidInput):
+    """The request is valid but clashes with the resource's state (a collection that exists, a build of
+    another version already running)."""
+
+    http_status = 409
+
+
+class Misconfigured(VlmopsError):
+    """Settings or stored state that cannot work across machines; the message says how to fix it."""
+
+    http_status = 500

@@ -105,6 +105,16 @@ class WorkerSettings(BaseModel):
         60.0, ge=0, description="how long a replaced collection stays before the search service drops it"
     )
     visibility_timeout_s: int = Field(4 * 3600, ge=1, description="above the longest job (Redis redelivery)")
+    reconcile: bool = Field(
+        True, description="run the reconciler in workers of the default queue (collections follow production)"
+    )
+    reconcile_interval_s: float = Field(
+        30.0, gt=0, description="how often a worker compares each collection with its model's production version"
+    )
+    retry_backoff_s: float = Field(
+        30.0, gt=0, description="wait before retrying a failed reindex (doubles per failure)"
+    )
+    retry_backoff_max_s: float = Field(1800.0, gt=0, description="longest wait between retries of a failing reindex")
 
 
 class GateSettings(BaseModel):
@@ -123,6 +133,18 @@ class Settings(BaseSettings):
 
     home: Path = Path(".vlmops")
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite under VLMOPS_HOME")
+    artifact_root: str | None = Field(
+        None,
+        description="where new experiments keep model files (s3://bucket/prefix, a shared volume's file:// URI); "
+        "default: the tracking server's artifact proxy with a remote tracking URI, HOME/mlartifacts otherwise",
+    )
+    catalog_url: str | None = Field(
+        None, description="SQLAlchemy URL of the collection catalog (postgresql://...); default: sqlite under HOME"
+    )
+    index_path: Path | None = Field(None, description="folder of the embedded Qdrant Edge index; default: HOME/index")
+    work_dir: Path | None = Field(
+        None, description="job work folders (finetune checkpoints), a volume the trainers share; default: HOME/jobs"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     qdrant_url: str | None = Field(None, description="a Qdrant server; default: Qdrant Edge in-process under HOME")
     blob_root: str | None = Field(None, description="fsspec URI of the blob store; default: HOME/blobs")
@@ -144,17 +166,36 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
+    def remote_tracking(self) -> bool:
+        """An MLflow tracking server (``http(s)://``): processes on other machines read the same registry."""
+        return (self.mlflow_tracking_uri or "").startswith(("http://", "https://"))
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where new experiments put their artifacts; ``None``: the tracking server decides (its artifact
+        proxy, ``mlflow-artifacts:``), which every client of that server can read."""
+        if self.artifact_root:
+            return self.artifact_root
+        if self.remote_tracking:
+            return None
         return (self.home.resolve() / "mlartifacts").as_uri()
+
+    @property
+    def catalog_uri(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.home.resolve() / 'catalog.db'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return (self.index_path or self.home / "index").resolve()
 
     @property
     def blob_uri(self) -> str:
         return self.blob_root or str(self.home.resolve() / "blobs")
 
     @property
-    def work_dir(self) -> Path:
-        """Job work folders (finetune checkpoints) on a volume every worker shares."""
-        return self.home.resolve() / "jobs"
+    def jobs_dir(self) -> Path:
+        """Job work folders (finetune checkpoints) on a volume every trainer shares."""
+        return (self.work_dir or self.home / "jobs").resolve()
 
     @property
     def model_cache_dir(self) -> Path:

@@ -53,7 +53,7 @@ def run_finetune_job(
         train, held = data, None
     target = name or base.name
     key = work_key(base.ref, f"{data.content_hash}/{held.content_hash if held else '-'}", config, target)
-    workdir = settings.work_dir / "finetune" / key
+    workdir = settings.jobs_dir / "finetune" / key
     done = workdir / RESULT_FILE
     if done.is_file():
         log.info("finetune %s already finished: %s", key, done)

@@ -7,6 +7,7 @@ version, to which, why), so the production history is kept in the registry itsel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -17,13 +18,14 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from infra.errors import InvalidInput, NotFound
+from infra.errors import InvalidInput, Misconfigured, NotFound
 from infra.settings import Settings
 from registry.families import ModelFamily, load_model
 
@@ -88,34 +90,64 @@ def _is_not_found(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-class RegistryStore:
-    """Model versions in MLflow, and a local cache of their downloaded files."""
+def is_local_location(location: str) -> bool:
+    """A ``file:`` URI or a plain path: readable only on the machine (or volume) that wrote it."""
+    return urlparse(location).scheme in ("", "file")
 
-    def __init__(self, tracking_uri: str, artifact_root: str, cache_dir: Path) -> None:
+
+class RegistryStore:
+    """Model versions in MLflow, and a local cache of their downloaded files.
+
+    ``artifact_location`` is given to the experiments this store creates (``None``: the tracking
+    server's default, its artifact proxy). With ``shared`` (a tracking server or an explicit artifact
+    root) every experiment must keep its files where other machines can read them: one created by an
+    earlier release under a ``file://`` root is refused with the fix, before anything is logged to it."""
+
+    def __init__(self, tracking_uri: str, artifact_location: str | None, cache_dir: Path, shared: bool = False) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
-        self.artifact_root = artifact_root
+        self.artifact_location = artifact_location
+        self.shared = shared
         self.cache_dir = cache_dir
         self._download_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryStore:
         settings.ensure_home()
-        return cls(settings.tracking_uri, settings.artifact_root, settings.model_cache_dir)
+        shared = settings.remote_tracking or settings.artifact_root is not None
+        return cls(settings.tracking_uri, settings.artifact_location, settings.model_cache_dir, shared)
 
     # ------------------------------------------------------------------ write
     def experiment_id(self, name: str = EXPERIMENT) -> str:
-        """The id of experiment ``name``, created (with the registry's artifact root) when missing."""
+        """The id of experiment ``name``, created (with the registry's artifact location) when missing."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return str(exp.experiment_id)
-        try:
-            return str(self.client.create_experiment(name, artifact_location=self.artifact_root))
-        except MlflowException:  # created by a concurrent caller
+        if exp is None:
+            with contextlib.suppress(MlflowException):  # or created by a concurrent caller
+                self.client.create_experiment(name, artifact_location=self.artifact_location)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
-                raise
-            return str(exp.experiment_id)
+                raise NotFound(f"experiment {name!r} could not be created on {self.tracking_uri}")
+        self._check_location(name, str(exp.experiment_id), str(exp.artifact_location))
+        return str(exp.experiment_id)
+
+    def _check_location(self, name: str, experiment_id: str, location: str) -> None:
+        if not self.shared:
+            return
+        if self.artifact_location is not None:
+            if location.startswith(self.artifact_location.rstrip("/")):
+                return
+            wanted = f"under VLMOPS_ARTIFACT_ROOT={self.artifact_location}"
+        elif not is_local_location(location):
+            return
+        else:
+            wanted = "on the tracking server's artifact store (mlflow server --serve-artifacts)"
+        raise Misconfigured(
+            f"MLflow experiment {name!r} (id {experiment_id}) keeps its artifacts at {location}, not {wanted}: "
+            "model versions logged there cannot be read from other machines. It was created by an earlier "
+            "release or another setting. Rename it and vlmops creates it anew where every process can read it: "
+            f"MLFLOW_TRACKING_URI={self.tracking_uri} mlflow experiments rename --experiment-id {experiment_id} "
+            f"--new-name {name}-local (versions registered before keep working where their files are)."
+        )
 
     def register(
         self,
@@ -291,9 +323,23 @@ class RegistryStore:
             if target.is_dir():
                 return target
             target.parent.mkdir(parents=True, exist_ok=True)
+            source = info.source
+            if is_local_location(source) and not Path(urlparse(source).path).exists():
+                raise Misconfigured(
+                    f"{info.ref} was logged to {source}, a folder this machine does not have: it was registered "
+                    "with local artifacts on another machine. Register it again with VLMOPS_ARTIFACT_ROOT set or "
+                    "against a tracking server that serves artifacts (mlflow server --serve-artifacts)."
+                )
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{info.version}-"))
             try:
-                got = Path(download_artifacts(artifact_uri=info.source, dst_path=str(tmp)))
+                got = Path(
+                    download_artifacts(
+                        artifact_uri=info.source,
+                        dst_path=str(tmp),
+                        tracking_uri=self.tracking_uri,
+                        registry_uri=self.tracking_uri,
+                    )
+                )
                 got.rename(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

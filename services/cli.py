@@ -120,9 +120,12 @@ def models_list(name: str | None, as_json: bool) -> None:
 @click.option("--reason", default="", help="recorded with the event")
 @click.option("--force", is_flag=True, help="promote even when the gate refuses (the override is recorded)")
 @click.option("--dataset", default=None, help="held-out pairs both are scored on (default: VLMOPS_GATE__DATASET)")
-@click.option("--reindex/--no-reindex", default=True, help="re-embed the collections that use this model")
+@click.option("--reindex/--no-reindex", default=True, help="ask the workers to reindex its collections now")
 def models_promote(name: str, version: str, reason: str, force: bool, dataset: str | None, reindex: bool) -> None:
-    """Point ``production`` at VERSION if it is not worse than production on the gate metrics."""
+    """Point ``production`` at VERSION if it is not worse than production on the gate metrics.
+
+    The collections of the model follow production by themselves (the workers' reconciler, within
+    VLMOPS_WORKER__RECONCILE_INTERVAL_S); --reindex only makes that happen now."""
     from registry.gate import gated_promote
     from registry.store import RegistryStore
 
@@ -135,28 +138,34 @@ def models_promote(name: str, version: str, reason: str, force: bool, dataset: s
         click.echo("gate not applied: --force")
     click.echo(f"{name}: production {event.previous or '-'} -> {event.version}{' (forced)' if event.forced else ''}")
     if reindex:
-        _reindex_users_of(name)
+        _reconcile_now()
 
 
-def _reindex_users_of(name: str) -> None:
-    """Enqueue a reindex of every collection that uses ``name`` (its production version changed)."""
-    import httpx
+def _reconcile_now(wait_s: float = 15.0) -> None:
+    """One reconcile pass on a worker now; prints the reindexes it enqueued."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
 
-    from infra.reindex import enqueue_reindex_of_model
+    from workers.app import make_app
 
+    task = make_app(_settings()).send_task("vlmops.reconcile")
     try:
-        jobs = enqueue_reindex_of_model(_settings(), name)
-    except httpx.HTTPError as exc:
-        click.echo(f"warning: search service unreachable ({exc}); no reindex enqueued", err=True)
+        enqueued = task.get(timeout=wait_s)
+    except CeleryTimeout:
+        click.echo(
+            f"reconcile requested ({task.id}); no worker answered within {wait_s:.0f} s: the collections follow "
+            "production once one runs"
+        )
         return
-    for collection, task in jobs:
-        click.echo(f"reindex of {collection!r} enqueued: {task.id}")
+    for job in enqueued:
+        click.echo(f"reindex of {job['collection']!r} to version {job['version']} enqueued: {job['task_id']}")
+    if not enqueued:
+        click.echo("no reindex enqueued now (collections in sync, or already being reindexed)")
 
 
 @models.command("rollback")
 @click.argument("name")
 @click.option("--reason", default="", help="recorded with the event")
-@click.option("--reindex/--no-reindex", default=True, help="re-embed the collections that use this model")
+@click.option("--reindex/--no-reindex", default=True, help="ask the workers to reindex its collections now")
 def models_rollback(name: str, reason: str, reindex: bool) -> None:
     """Move ``production`` back to the version before the last promotion."""
     from registry.store import RegistryStore
@@ -164,7 +173,7 @@ def models_rollback(name: str, reason: str, reindex: bool) -> None:
     event = RegistryStore.from_settings(_settings()).rollback(name, reason=reason)
     click.echo(f"{name}: production {event.previous} -> {event.version} (rolled back)")
     if reindex:
-        _reindex_users_of(name)
+        _reconcile_now()
 
 
 @main.command()
@@ -259,10 +268,10 @@ def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int) -
     """Ingest image files (or folders of them) into COLLECTION through the search service."""
     from tqdm import tqdm
 
+    from infra.clients import SearchClient
     from infra.images import to_base64
-    from infra.reindex import SearchAdmin
 
-    search = SearchAdmin(_settings().worker.search_url)
+    search = SearchClient(_settings().worker.search_url)
     if create:
         search.post("/collections/create", name=collection)
     files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
@@ -282,13 +291,39 @@ def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int) -
 @click.option("--top-k", default=10, show_default=True)
 def search(collection: str, query: str, image: bool, top_k: int) -> None:
     """Search COLLECTION by text (or by an image file with --image)."""
+    from infra.clients import SearchClient
     from infra.images import to_base64
-    from infra.reindex import SearchAdmin
 
     body = {"image": to_base64(Path(query).read_bytes())} if image else {"text": query}
-    hits = SearchAdmin(_settings().worker.search_url).post("/search", collection=collection, top_k=top_k, **body)
+    hits = SearchClient(_settings().worker.search_url).post("/search", collection=collection, top_k=top_k, **body)
     for h in hits:
         click.echo(f"{h['score']:.4f}  v{h['version']}  {h['id']}  {json.dumps(h['payload'])}  {h['blob_uri']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def collections(as_json: bool) -> None:
+    """The collections: model, live version, items, a running build, and the last reindex (failures too)."""
+    import time
+
+    from infra.clients import SearchClient
+
+    rows = SearchClient(_settings().worker.search_url).collections()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'collection':<24} {'model':<20} {'version':>7} {'items':>8}  reindex")
+    for r in rows:
+        job = r.get("reindex") or {}
+        state = job.get("state", "-")
+        if state in ("queued", "running"):
+            state = f"{state} to v{job['version']} ({job['task_id']})"
+        elif state == "failed":
+            wait = max(0.0, (job.get("next_attempt_at") or 0) - time.time())
+            state = f"FAILED x{job['failures']} to v{job['version']}, retry in {wait:.0f} s: {job.get('error')}"
+        elif state == "succeeded":
+            state = f"done (v{job['version']})"
+        click.echo(f"{r['name']:<24} {r['model']:<20} {r['version']:>7} {r['count']:>8}  {state}")
 
 
 @main.command()

@@ -16,10 +16,10 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from infra.clients import EmbeddingClient, SearchClient
 from infra.errors import ModelFormatError, NotFound
 from infra.images import encode_png, to_base64
 from infra.process import ServiceProcess, WorkerProcess
-from infra.reindex import SearchAdmin, enqueue_reindex_of_model
 from infra.settings import Settings
 from infra.toyworld import Domain, Split, ToyWorld, class_labels
 from registry.datasets import load_pairs, write_toy_dataset
@@ -29,9 +29,8 @@ from registry.finetune import FinetuneConfig
 from registry.gate import evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.toy_clip import ToyTrainConfig, train_toy_clip
-from services.client import EmbeddingClient
 from workers.app import make_app
-from workers.follow import follow
+from workers.follow import follow, follow_reindexes
 
 METRICS_FILE = "metrics.json"
 
@@ -145,7 +144,7 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
         with ServiceProcess(
             "search", env={**env, "VLMOPS_SEARCH__EMBEDDING_URL": svc.url}, log_path=log_path
         ) as search:
-            p_at_10 = search_demo(SearchAdmin(search.url), world)
+            p_at_10 = search_demo(SearchClient(search.url), world)
             gain = 1.0
             if finetune:
                 worker_env = {**env, "VLMOPS_WORKER__SEARCH_URL": search.url, "VLMOPS_WORKER__EMBEDDING_URL": svc.url}
@@ -153,7 +152,7 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
                     update={"worker": settings.worker.model_copy(update={"search_url": search.url})}
                 )
                 with WorkerProcess(env=worker_env, log_path=settings.home.resolve() / "demo-worker.log"):
-                    gain = finetune_demo(jobs, SearchAdmin(search.url), seed)
+                    gain = finetune_demo(jobs, SearchClient(search.url), seed)
     click.echo(f"\nservices stopped; demo took {time.perf_counter() - t0:.0f} s")
     return 0 if acc >= 0.9 and p_at_10 >= 0.9 and gain >= 0.1 else 1
 
@@ -162,7 +161,7 @@ DEMO_FINETUNE = FinetuneConfig(epochs=16, batch_size=64, lr=5e-3, lora_r=8, chec
 HEADLINE = ("zero_shot_acc", "t2i_recall@5", "t2i_r_precision", "i2t_recall@1", "i2t_recall@5")
 
 
-def finetune_demo(settings: Settings, search: SearchAdmin, seed: int = 0) -> float:
+def finetune_demo(settings: Settings, search: SearchClient, seed: int = 0) -> float:
     """LoRA-finetune production on the shifted domain as a Celery job, score it against production,
     pass the gate, promote, reindex; returns the zero-shot accuracy gained on shifted held-out images."""
     store = RegistryStore.from_settings(settings)
@@ -211,9 +210,8 @@ def finetune_demo(settings: Settings, search: SearchAdmin, seed: int = 0) -> flo
     if verdict is not None:
         click.echo(verdict.text())
     click.echo(f"{name}: production {event.previous} -> {event.version}")
-    for collection_name, job in enqueue_reindex_of_model(settings, name):
-        result = follow(job, f"reindexing {collection_name}", timeout_s=600)
-        click.echo(f"  {collection_name}: {result['count']} items now embedded by version {result['version']}")
+    for row in follow_reindexes(make_app(settings), search, name, event.version, timeout_s=600):
+        click.echo(f"  {row['name']}: {row['count']} items now embedded by version {row['version']}")
     after_shifted = precision_at_10(search, collection)
     click.echo(
         f"text -> image Precision@10 on {collection!r} (shifted images): {before_shifted:.3f} before, "
@@ -242,7 +240,7 @@ def demo_datasets(folder: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def precision_at_10(search: SearchAdmin, collection: str) -> float:
+def precision_at_10(search: SearchClient, collection: str) -> float:
     """Mean Precision@10 of the 24 "a {colour} {shape}" text queries (payload ``label`` is the truth)."""
     precisions = []
     for label in class_labels():
@@ -251,7 +249,7 @@ def precision_at_10(search: SearchAdmin, collection: str) -> float:
     return sum(precisions) / len(precisions)
 
 
-def search_demo(search: SearchAdmin, world: ToyWorld, n: int = 300) -> float:
+def search_demo(search: SearchClient, world: ToyWorld, n: int = 300) -> float:
     """Ingest toy images into a collection, search it by text and by image; returns mean Precision@10."""
     name = "demo-toys"
     if any(c["name"] == name for c in search.post("/collections/list")):

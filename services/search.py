@@ -1,7 +1,10 @@
 """The search service: collections, ingest, and text / image / "more like this" search.
 
-The only writer of the vector index. A query is embedded by the embedding service *with the model
-version of the collection behind the alias*, never another (see ``infra.catalog``).
+A query is embedded by the embedding service *with the model version of the collection behind the
+alias*, never another (see ``infra.catalog``). The collections' state is in the catalog database
+(``VLMOPS_CATALOG_URL``), the vectors in the index: with a PostgreSQL catalog and a Qdrant server
+the service keeps nothing on its own disk and runs as several replicas; with the embedded Qdrant
+Edge index (``VLMOPS_INDEX_PATH``) it is the one process that opens the index.
 
     bentoml serve services.search:SearchService --port 3001
 """
@@ -17,17 +20,37 @@ from pydantic import BaseModel, Field, model_validator
 
 from infra.blobs import BlobStore, read_uri
 from infra.catalog import Catalog, Janitor, as_dict
+from infra.catalog_db import CatalogDB
+from infra.clients import EmbeddingClient
 from infra.errors import InvalidInput, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
 from infra.settings import Settings
 from infra.vector_index import IndexPoint, open_index
+from infra.vector_index.base import is_uuid
 from registry.store import PRODUCTION, RegistryStore
-from services.client import EmbeddingClient
 from services.edge import http_errors
 from services.items import clean_text
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.search
+ITEMS = bentoml.metrics.Gauge(
+    name="vlmops_collection_items",
+    documentation="items in the live physical collection",
+    labelnames=["collection", "version"],
+    multiprocess_mode="mostrecent",
+)
+REINDEX_FAILURES = bentoml.metrics.Gauge(
+    name="vlmops_reindex_failures",
+    documentation="consecutive failed reindex attempts of the collection (0: the last one succeeded)",
+    labelnames=["collection"],
+    multiprocess_mode="mostrecent",
+)
+REINDEX_ACTIVE = bentoml.metrics.Gauge(
+    name="vlmops_reindex_active",
+    documentation="1 while a reindex of the collection is queued or running",
+    labelnames=["collection"],
+    multiprocess_mode="mostrecent",
+)
 
 
 class IngestItem(BaseModel):
@@ -67,10 +90,25 @@ class ResultOut(BaseModel):
 class SearchService:
     def __init__(self) -> None:
         index = open_index(SETTINGS)
-        self.catalog = Catalog(SETTINGS.ensure_home().resolve() / "catalog", index, BlobStore(SETTINGS.blob_uri))
-        self.janitor = Janitor(self.catalog, SETTINGS.worker.grace_s).start()  # drops replaced collections
+        self.catalog = Catalog(CatalogDB(SETTINGS.catalog_uri), index, BlobStore(SETTINGS.blob_uri))
+        self.catalog.migrate_json(SETTINGS.home.resolve() / "catalog")  # the file catalog of earlier releases
+        self.refresh_metrics()
+        # drops replaced collections, refreshes the catalog gauges
+        self.janitor = Janitor(
+            self.catalog,
+            SETTINGS.worker.grace_s,
+            min(10.0, max(1.0, SETTINGS.worker.grace_s / 2)),
+            self.refresh_metrics,
+        ).start()
         self.store = RegistryStore.from_settings(SETTINGS)
         self.embedder = EmbeddingClient(LIMITS.embedding_url)
+
+    def refresh_metrics(self) -> None:
+        for row in self.catalog.status():
+            ITEMS.labels(collection=row["name"], version=row["version"]).set(row["count"])
+            job = row["reindex"] or {}
+            REINDEX_FAILURES.labels(collection=row["name"]).set(job.get("failures", 0))
+            REINDEX_ACTIVE.labels(collection=row["name"]).set(int(job.get("state") in ("queued", "running")))
 
     # ------------------------------------------------------------------ embedding, version-pinned
     def _checked(self, version: str, got: list[str]) -> None:
@@ -107,8 +145,9 @@ class SearchService:
 
     @bentoml.api(route="/collections/list")
     def list_collections(self) -> list[dict]:
+        """Every collection: model, live version, item count, a running build, the last reindex job."""
         with http_errors():
-            return [{**as_dict(c), "count": self.catalog.index.count(c.physical)} for c in self.catalog.list()]
+            return self.catalog.status()
 
     @bentoml.api(route="/collections/delete")
     def delete_collection(self, name: str) -> dict:
@@ -171,18 +210,25 @@ class SearchService:
 
     # ------------------------------------------------------------------ rebuilds (driven by the reindex job)
     @bentoml.api(route="/builds/start")
-    def start_build(self, collection: str, version: str) -> dict:
-        """Open (or reopen) the staging collection that ``version`` will fill; new ingests go there too."""
+    def start_build(self, collection: str, version: str, replace: bool = False) -> dict:
+        """Open (or reopen) the staging collection that ``version`` will fill; new ingests go there too.
+        ``replace``: abandon a build of another version (its job is gone)."""
         with http_errors():
             info = self.catalog.info(collection)
             self.store.get(info.model, version)  # 404 for a version the registry does not have
-            return {**self.catalog.start_build(collection, version), "model": info.model}
+            return {**self.catalog.start_build(collection, version, replace), "model": info.model}
 
     @bentoml.api(route="/builds/items")
-    def build_items(self, collection: str, offset: int = 0, limit: int = 256) -> list[dict]:
-        """A page of the live items to re-embed: id, blob key, payload."""
+    def build_items(self, collection: str, cursor: str | None = None, limit: int = 256) -> dict:
+        """A page of the live items to re-embed (id, blob key, payload) from ``cursor``, and the next
+        page's cursor (null after the last)."""
         with http_errors():
-            return [{"id": p.id, "payload": p.payload} for p in self.catalog.items(collection, offset, limit)]
+            if not 1 <= limit <= 4096:
+                raise InvalidInput("limit must be 1 to 4096")
+            if cursor is not None and not is_uuid(cursor):
+                raise InvalidInput(f"cursor {cursor!r} is not one this service gave out")
+            points, after = self.catalog.items(collection, cursor, limit)
+            return {"items": [{"id": p.id, "payload": p.payload} for p in points], "next_cursor": after}
 
     @bentoml.api(route="/builds/write")
     def write_build(self, collection: str, physical: str, points: list[BuildPoint]) -> dict:

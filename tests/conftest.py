@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,15 +42,39 @@ def sqlite_store(tmp_path: Path) -> RegistryStore:
     return RegistryStore.from_settings(make_settings(tmp_path / "home"))
 
 
-def _postgres_database() -> Iterator[str]:
+def ensure_postgres() -> None:
+    """PostgreSQL runs on every machine of this project; start the local cluster if it is down (it is
+    then left running, as the machine had it)."""
+    import psycopg
+
     try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        pytest.skip("psycopg is not installed")
+        psycopg.connect(POSTGRES_ADMIN, connect_timeout=3).close()
+        return
+    except psycopg.OperationalError:
+        pass
+    if shutil.which("pg_ctlcluster") and shutil.which("pg_lsclusters"):
+        for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
+            version, cluster = line.split()[:2]
+            subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=False)
+    elif shutil.which("service"):
+        subprocess.run(["service", "postgresql", "start"], check=False)
+    for _ in range(50):
+        try:
+            psycopg.connect(POSTGRES_ADMIN, connect_timeout=3).close()
+            return
+        except psycopg.OperationalError:
+            time.sleep(0.2)
+
+
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL (started if it is down), dropped afterwards."""
+    import psycopg
+
+    ensure_postgres()
     try:
         admin = psycopg.connect(POSTGRES_ADMIN, connect_timeout=3, autocommit=True)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 and could not be started: {exc}")
     name = f"vlmops_test_{uuid.uuid4().hex[:8]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
@@ -66,7 +93,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistrySt
     if request.param == "sqlite":
         yield RegistryStore.from_settings(make_settings(home))
         return
-    for uri in _postgres_database():
+    for uri in postgres_database():
         yield RegistryStore.from_settings(make_settings(home, mlflow_tracking_uri=uri))
 
 

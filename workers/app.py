@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_ready
 from kombu import Exchange, Queue
 
 from infra.settings import Settings
@@ -58,3 +58,16 @@ def _recover(sender: str, instance: Any, **_: Any) -> None:
     from workers.recovery import requeue_orphans
 
     requeue_orphans(instance.app)
+
+
+@worker_ready.connect
+def _start_reconciler(sender: Any, **_: Any) -> None:
+    """Workers of the default queue keep every collection on its model's production version."""
+    from workers.reconcile import ReconcilerThread, reconciler
+
+    settings = Settings()
+    queues = set(sender.app.amqp.queues.consume_from or {})
+    if not settings.worker.reconcile or DEFAULT_QUEUE not in queues:
+        return
+    thread = ReconcilerThread(lambda: reconciler(settings, sender.app), settings.worker.reconcile_interval_s)
+    thread.start()  # a daemon thread: it ends with the worker process

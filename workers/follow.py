@@ -1,12 +1,16 @@
-"""Follow a Celery job from a client: a progress bar over its PROGRESS state, then its result."""
+"""Follow Celery jobs from a client: a progress bar over a job's PROGRESS state, then its result; the
+reindexes that follow a promotion."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from celery import Celery
 from celery.result import AsyncResult
 from tqdm import tqdm
+
+from infra.clients import SearchClient
 
 
 def follow(task: AsyncResult, desc: str, unit: str = "item", timeout_s: float | None = None) -> dict[str, Any]:
@@ -25,3 +29,27 @@ def follow(task: AsyncResult, desc: str, unit: str = "item", timeout_s: float | 
             bar.set_postfix(post, refresh=True)
             time.sleep(0.5)
     return dict(task.get())
+
+
+def follow_reindexes(
+    app: Celery, search: SearchClient, model: str, version: str, timeout_s: float = 600
+) -> list[dict[str, Any]]:
+    """Ask the workers to reconcile now, then follow each reindex that brings a collection of ``model``
+    to ``version`` (enqueued by that request or by a periodic pass) until every one of them is there.
+    Returns the collections' rows as they end."""
+    app.send_task("vlmops.reconcile")
+    deadline = time.monotonic() + timeout_s
+    followed: set[str] = set()
+    while True:
+        rows = [r for r in search.collections() if r["model"] == model]
+        behind = [r for r in rows if r["version"] != version]
+        if not behind:
+            return rows
+        for row in behind:
+            job = row.get("reindex") or {}
+            if job.get("version") == version and job.get("task_id") and job["task_id"] not in followed:
+                followed.add(job["task_id"])
+                follow(app.AsyncResult(job["task_id"]), f"reindexing {row['name']}", timeout_s=timeout_s)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"collections {[r['name'] for r in behind]} did not reach version {version}")
+        time.sleep(0.5)

@@ -8,48 +8,73 @@ from typing import Any
 from celery import Task
 
 from infra.blobs import BlobStore
-from infra.reindex import SearchAdmin, run_ingest, run_reindex
+from infra.catalog_db import CatalogDB
+from infra.clients import EmbeddingClient, SearchClient
 from infra.settings import Settings
 from registry.store import PRODUCTION, RegistryStore
-from services.client import EmbeddingClient
 from workers.app import app
+from workers.pipelines.ingest import run_ingest
+from workers.pipelines.reindex import run_reindex
+from workers.reconcile import reconciler, record_end, record_start
 
 
 @app.task(bind=True, name="vlmops.reindex")
-def reindex(self: Task, collection: str, version: str | None = None) -> dict[str, Any]:
-    """Re-embed ``collection`` with ``version`` (default: production of its model) and swap it in."""
+def reindex(self: Task, collection: str, version: str | None = None, replace: bool = False) -> dict[str, Any]:
+    """Re-embed ``collection`` with ``version`` (default: production of its model) and swap it in.
+
+    Its state is kept on the collection's job row in the catalog (running, failed with the error and
+    when it is retried, succeeded), where the reconciler and ``vlmops collections`` read it."""
     settings = Settings()
-    search = SearchAdmin(settings.worker.search_url)
+    search = SearchClient(settings.worker.search_url)
     if version is None:
-        model = next(c["model"] for c in search.post("/collections/list") if c["name"] == collection)
+        model = search.collection(collection)["model"]
         version = RegistryStore.from_settings(settings).by_alias(model, PRODUCTION).version
+    db = CatalogDB(settings.catalog_uri)
+    record_start(db, collection, version, str(self.request.id))
 
     def progress(done: int, stage: str) -> None:
         self.update_state(state="PROGRESS", meta={"done": done, "stage": stage, "version": version})
 
-    result = run_reindex(
-        collection,
-        version,
-        search,
-        EmbeddingClient(settings.worker.embedding_url),
-        BlobStore(settings.blob_uri),
-        page_size=settings.worker.page_size,
-        grace_s=settings.worker.grace_s,
-        progress=progress,
-        inflight=settings.worker.inflight_pages,
-    )
+    try:
+        result = run_reindex(
+            collection,
+            version,
+            search,
+            EmbeddingClient(settings.worker.embedding_url),
+            BlobStore(settings.blob_uri),
+            page_size=settings.worker.page_size,
+            grace_s=settings.worker.grace_s,
+            progress=progress,
+            inflight=settings.worker.inflight_pages,
+            replace=replace,
+        )
+    except Exception as exc:
+        record_end(db, collection, f"{type(exc).__name__}: {exc}", settings.worker)
+        raise
+    finally:
+        search.close()
+    record_end(db, collection, None, settings.worker)
+    db.close()
     return asdict(result)
+
+
+@app.task(name="vlmops.reconcile")
+def reconcile() -> list[dict[str, Any]]:
+    """One reconcile pass now (``vlmops models promote`` sends this); returns the reindexes it enqueued."""
+    return [asdict(e) for e in reconciler(Settings(), app).run_once()]
 
 
 @app.task(bind=True, name="vlmops.ingest")
 def ingest(self: Task, collection: str, uris: list[str]) -> dict[str, Any]:
-    """Bulk ingest of images at ``uris`` (paths on a shared volume or fsspec URIs) into ``collection``."""
+    """Bulk ingest of images at ``uris`` (paths on a shared volume or fsspec URIs) into ``collection``:
+    the worker reads them and sends the bytes, the search service reads no path."""
     settings = Settings()
 
     def progress(done: int, stage: str) -> None:
         self.update_state(state="PROGRESS", meta={"done": done, "total": len(uris), "stage": stage})
 
-    count = run_ingest(collection, uris, SearchAdmin(settings.worker.search_url), settings.worker.page_size, progress)
+    search = SearchClient(settings.worker.search_url)
+    count = run_ingest(collection, uris, search, settings.worker.page_size, settings.search.max_image_bytes, progress)
     return {"collection": collection, "ingested": len(uris), "count": count}
 
 
@@ -64,7 +89,7 @@ def finetune(
 ) -> dict[str, Any]:
     """LoRA (or full) finetune of the CLIP version ``base`` on ``dataset``; registers the result.
 
-    Redelivered after a crash, it resumes from the job's last checkpoint."""
+    Redelivered after a crash, it resumes from the job's last checkpoint (under VLMOPS_WORK_DIR)."""
     from registry.finetune import FinetuneConfig
     from registry.finetune_job import run_finetune_job
 

@@ -9,7 +9,7 @@ from infra.vector_index.base import Hit, IndexPoint, VectorIndex, physical_name,
 
 
 def open_index(settings: Settings) -> VectorIndex:
-    """The backend settings choose: a Qdrant server at VLMOPS_QDRANT_URL, else Qdrant Edge under HOME."""
+    """The backend settings choose: a Qdrant server at VLMOPS_QDRANT_URL, else Qdrant Edge at VLMOPS_INDEX_PATH."""
     if settings.qdrant_url:
         from qdrant_client import QdrantClient
 
@@ -18,7 +18,7 @@ def open_index(settings: Settings) -> VectorIndex:
         return ServerIndex(QdrantClient(url=settings.qdrant_url))
     from infra.vector_index.edge import EdgeIndex
 
-    return EdgeIndex(settings.ensure_home().resolve() / "index")
+    return EdgeIndex(settings.index_dir)
 
 
 __all__ = ["Hit", "IndexPoint", "VectorIndex", "open_index", "physical_name", "point_id"]

@@ -37,6 +37,15 @@ def point_id(content_hash: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vlmops:{content_hash}"))
 
 
+def is_uuid(text: str) -> bool:
+    """Point ids (and so scroll cursors) are UUIDs; anything else is refused before it reaches the index."""
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidInput(
@@ -91,8 +100,21 @@ class VectorIndex(ABC):
         """The points with these ids (vectors and payloads); unknown ids are left out."""
 
     @abstractmethod
-    def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
-        """Every point with its vector and payload."""
+    def page(
+        self, physical: str, cursor: str | None = None, limit: int = 256, with_vectors: bool = True
+    ) -> tuple[list[IndexPoint], str | None]:
+        """Up to ``limit`` points in id order from ``cursor`` (``None``: the first), and the cursor of the
+        next page (``None``: that was the last). Each page is one ordered range read of the index, so
+        paging through n points costs O(n) in all."""
+
+    def scroll(self, physical: str, batch: int = 256, with_vectors: bool = True) -> Iterator[IndexPoint]:
+        """Every point with its payload (and vector), page by page."""
+        cursor: str | None = None
+        while True:
+            points, cursor = self.page(physical, cursor, batch, with_vectors)
+            yield from points
+            if cursor is None:
+                return
 
     @abstractmethod
     def set_alias(self, alias: str, physical: str) -> None:

@@ -12,9 +12,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import qdrant_edge as qe
 
@@ -115,17 +114,14 @@ class EdgeIndex(VectorIndex):
         records = self._shard(physical).retrieve(list(ids), with_payload=True, with_vector=True)
         return [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
 
-    def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
-        shard = self._shard(physical)
-        offset: Any = None
-        while True:
-            records, offset = shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=True)
-            )
-            for r in records:
-                yield IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {}))  # type: ignore[arg-type]
-            if offset is None:
-                return
+    def page(
+        self, physical: str, cursor: str | None = None, limit: int = 256, with_vectors: bool = True
+    ) -> tuple[list[IndexPoint], str | None]:
+        records, offset = self._shard(physical).scroll(
+            qe.ScrollRequest(offset=cursor, limit=limit, with_payload=True, with_vector=with_vectors)
+        )
+        points = [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
+        return points, None if offset is None else str(offset)
 
     # aliases: a JSON manifest replaced atomically
     def _aliases(self) -> dict[str, str]:

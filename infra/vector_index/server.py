@@ -6,7 +6,7 @@ server's stand-in; production passes ``QdrantClient(url=VLMOPS_QDRANT_URL)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -89,17 +89,15 @@ class ServerIndex(VectorIndex):
         records = self.client.retrieve(physical, list(ids), with_payload=True, with_vectors=True)
         return [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
 
-    def scroll(self, physical: str, batch: int = 256) -> Iterator[IndexPoint]:
+    def page(
+        self, physical: str, cursor: str | None = None, limit: int = 256, with_vectors: bool = True
+    ) -> tuple[list[IndexPoint], str | None]:
         self._require(physical)
-        offset = None
-        while True:
-            records, offset = self.client.scroll(
-                physical, limit=batch, offset=offset, with_payload=True, with_vectors=True
-            )
-            for r in records:
-                yield IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {}))  # type: ignore[arg-type]
-            if offset is None:
-                return
+        records, offset = self.client.scroll(
+            physical, limit=limit, offset=cursor, with_payload=True, with_vectors=with_vectors
+        )
+        points = [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
+        return points, None if offset is None else str(offset)
 
     def set_alias(self, alias: str, physical: str) -> None:
         self._require(physical)

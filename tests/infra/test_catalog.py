@@ -14,6 +14,7 @@ from qdrant_client import QdrantClient
 
 from infra.blobs import BlobStore
 from infra.catalog import Catalog, Janitor
+from infra.catalog_db import CatalogDB
 from infra.errors import NotFound
 from infra.vector_index import IndexPoint, VectorIndex
 from infra.vector_index.edge import EdgeIndex
@@ -37,7 +38,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
     index: VectorIndex = (
         EdgeIndex(tmp_path / "edge") if request.param == "edge" else ServerIndex(QdrantClient(path=str(tmp_path / "q")))
     )
-    cat = Catalog(tmp_path / "catalog", index, BlobStore(str(tmp_path / "blobs")))
+    cat = Catalog(CatalogDB(f"sqlite:///{tmp_path / 'catalog.db'}"), index, BlobStore(str(tmp_path / "blobs")))
     cat.create("toys", "m", "1", DIM)
     cat.ingest("toys", [b"a", b"b", b"c"], [{"n": 1}, {"n": 2}, {"n": 3}], vectors_for)
     return cat
@@ -61,7 +62,8 @@ def test_a_search_racing_a_delete_fails_cleanly(catalog: Catalog) -> None:
 def test_replaced_collections_are_dropped_after_the_grace_period(catalog: Catalog) -> None:
     old = catalog.info("toys").physical
     build = catalog.start_build("toys", "2")
-    items = catalog.items("toys", 0, 100)
+    items, cursor = catalog.items("toys", None, 100)
+    assert cursor is None and len(items) == 3
     blobs = [catalog.blobs.get(p.payload["blob"]) for p in items]
     vecs = vectors_for(blobs, "2")
     catalog.write_build(

@@ -3,6 +3,7 @@ standing in for a server)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -94,6 +95,22 @@ class TestVectorIndexContract:
         (one,) = index.get("c", [pts[4].id, point_id("absent")])
         assert one.id == pts[4].id and one.payload == pts[4].payload
         np.testing.assert_allclose(one.vector, pts[4].vector, atol=1e-5)
+
+    def test_cursor_pages_visit_every_point_once_in_id_order(self, index: VectorIndex) -> None:
+        index.create("c", DIM)
+        pts = points(50)
+        index.upsert("c", pts)
+        seen: list[str] = []
+        cursor, calls = None, 0
+        while True:
+            page, cursor = index.page("c", cursor, 16, with_vectors=False)
+            calls += 1
+            assert all(p.vector == [] for p in page) and all("n" in p.payload for p in page)
+            seen += [p.id for p in page]
+            if cursor is None:
+                break
+        assert calls == 4 and len(seen) == 50 and set(seen) == {p.id for p in pts}
+        assert seen == sorted(seen, key=lambda i: uuid.UUID(i).int)  # one ordered pass, no page re-reads
 
     def test_alias_switch_moves_readers_to_the_new_collection(self, index: VectorIndex) -> None:
         old, new = physical_name("photos", "clip", "1"), physical_name("photos", "clip", "2")

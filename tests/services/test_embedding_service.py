@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.clients import EmbeddingClient
 from infra.errors import InvalidInput, NotFound, PayloadTooLarge
 from infra.images import encode_png, to_base64
 from infra.process import ServiceProcess
 from infra.toyworld import Domain, Split, ToyWorld, class_labels
 from registry.families.clip import ClipModel
 from registry.store import RegistryStore
-from services.client import EmbeddingClient
 from tests.conftest import make_settings
 from tests.metrics import batched
 

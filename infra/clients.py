@@ -1,4 +1,5 @@
-"""A typed HTTP client of the embedding service (used by the CLI, the demo, tests and benchmarks)."""
+"""Typed HTTP clients of the services (embedding, search), for the CLI, the workers, tests and benchmarks:
+in infra, so that the workers reach the services without importing ``services/``."""
 
 from __future__ import annotations
 
@@ -98,3 +99,27 @@ class EmbeddingClient:
 
     def models(self) -> dict[str, Any]:
         return dict(self.post("/models", {}))
+
+
+class SearchClient:
+    """The search service's API: collections, ingest, search, and the rebuild protocol of the reindex job."""
+
+    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def post(self, route: str, **body: Any) -> Any:
+        resp = self.http.post(route, json=body)
+        raise_for_status(resp)
+        return resp.json()
+
+    def collections(self) -> list[dict[str, Any]]:
+        return list(self.post("/collections/list"))
+
+    def collection(self, name: str) -> dict[str, Any]:
+        for row in self.collections():
+            if row["name"] == name:
+                return dict(row)
+        raise NotFound(f"no collection {name!r}")

@@ -1,11 +1,12 @@
 """Re-embed every item of a collection with another model version, into a staging collection that the
 search service swaps in atomically when it is complete.
 
-A pipeline of small stages: ``pages`` (reader: the live items, a page at a time) → ``embed_page``
-(mapper: originals from the blob store, embedded by the embedding service pinned to the version) →
-``write_page`` (writer: vectors streamed to the search service) → ``run_reindex`` (runner). Every
-write is an idempotent upsert by item id, so a job that is killed and redelivered runs again from
-the start and ends with the same items, none lost, none duplicated.
+A pipeline of small stages: ``pages`` (reader: the live items, a page at a time, following the index's
+scroll cursor, so the collection is read once in all) → ``embed_page`` (mapper: originals from the
+blob store, embedded by the embedding service pinned to the version) → ``write_page`` (writer:
+vectors streamed to the search service) → ``run_reindex`` (runner). Every write is an idempotent
+upsert by item id, so a job that is killed and redelivered runs again from the start and ends with
+the same items, none lost, none duplicated.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 
 from infra.blobs import BlobStore
-from infra.settings import Settings
-from services.client import EmbeddingClient, raise_for_status
+from infra.clients import EmbeddingClient, SearchClient
 
 Progress = Callable[[int, str], None]
 
@@ -35,23 +34,15 @@ class ReindexResult:
     dropped: list[str]
 
 
-class SearchAdmin:
-    """The search service's rebuild API."""
-
-    def __init__(self, url: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=300)
-
-    def post(self, route: str, **body: Any) -> Any:
-        resp = self.http.post(route, json=body)
-        raise_for_status(resp)
-        return resp.json()
-
-
-def pages(search: SearchAdmin, collection: str, size: int) -> Iterator[list[dict[str, Any]]]:
-    offset = 0
-    while page := search.post("/builds/items", collection=collection, offset=offset, limit=size):
-        yield page
-        offset += len(page)
+def pages(search: SearchClient, collection: str, size: int) -> Iterator[list[dict[str, Any]]]:
+    cursor: str | None = None
+    while True:
+        out = search.post("/builds/items", collection=collection, cursor=cursor, limit=size)
+        if out["items"]:
+            yield out["items"]
+        cursor = out["next_cursor"]
+        if cursor is None:
+            return
 
 
 def embed_page(page: list[dict[str, Any]], blobs: BlobStore, embedder: EmbeddingClient, version: str) -> np.ndarray:
@@ -63,7 +54,7 @@ def embed_page(page: list[dict[str, Any]], blobs: BlobStore, embedder: Embedding
 
 
 def write_page(
-    search: SearchAdmin, collection: str, physical: str, page: list[dict[str, Any]], vectors: np.ndarray
+    search: SearchClient, collection: str, physical: str, page: list[dict[str, Any]], vectors: np.ndarray
 ) -> int:
     points = [
         {
@@ -79,15 +70,17 @@ def write_page(
 def run_reindex(
     collection: str,
     version: str,
-    search: SearchAdmin,
+    search: SearchClient,
     embedder: EmbeddingClient,
     blobs: BlobStore,
     page_size: int = 64,
     grace_s: float = 60.0,
     progress: Progress | None = None,
     inflight: int = 3,
+    replace: bool = False,
 ) -> ReindexResult:
-    build = search.post("/builds/start", collection=collection, version=version)
+    """``replace``: a build of another version that no job drives any more is abandoned first."""
+    build = search.post("/builds/start", collection=collection, version=version, replace=replace)
     done = 0
 
     def step(page: list[dict[str, Any]]) -> int:
@@ -112,34 +105,3 @@ def run_reindex(
     if progress is not None:
         progress(done, "swapped")
     return ReindexResult(collection, version, out["physical"], int(out["count"]), list(out["dropped"]))
-
-
-def run_ingest(
-    collection: str,
-    uris: list[str],
-    search: SearchAdmin,
-    page_size: int = 32,
-    progress: Progress | None = None,
-) -> int:
-    """Bulk ingest: the search service reads each URI (a shared path or an fsspec URI) a page at a time.
-    Idempotent by content, so a redelivered job ends with the same items."""
-    count = 0
-    for start in range(0, len(uris), page_size):
-        page = uris[start : start + page_size]
-        out = search.post("/ingest", collection=collection, items=[{"uri": u, "payload": {"uri": u}} for u in page])
-        count = int(out["count"])
-        if progress is not None:
-            progress(start + len(page), "ingesting")
-    return count
-
-
-def enqueue_reindex_of_model(settings: Settings, model: str) -> list[tuple[str, Any]]:
-    """Enqueue a reindex of every collection that uses ``model`` (its production version changed).
-
-    Returns (collection, Celery AsyncResult) pairs; raises ``httpx.HTTPError`` when the search
-    service cannot be reached."""
-    from workers.app import make_app
-
-    collections = SearchAdmin(settings.worker.search_url).post("/collections/list")
-    app = make_app(settings)
-    return [(c["name"], app.send_task("vlmops.reindex", args=[c["name"]])) for c in collections if c["model"] == model]
