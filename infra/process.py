@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import psutil
 
 SERVICES: dict[str, str] = {
     "embedding": "services.embedding:EmbeddingService",
@@ -57,16 +59,30 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and every descendant: BentoML's arbiter starts its API workers in sessions
+    of their own, so killing the group alone would leave them running (and holding the index)."""
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(family, timeout=10)
+    proc.wait()
+
+
 def terminate_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    """SIGTERM the process group, then SIGKILL it if it has not exited within ``timeout_s``."""
+    """SIGTERM the process group (the arbiter stops its workers), then SIGKILL the whole tree if it has
+    not exited within ``timeout_s``."""
     if proc is None or proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)
 
 
 class ServiceProcess:
@@ -134,6 +150,11 @@ class ServiceProcess:
             ) from exc
         except RuntimeError as exc:
             raise RuntimeError(f"{self.name} service: {exc}; see {self.log_path}") from exc
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers, as a node failure would."""
+        if self.proc is not None and self.proc.poll() is None:
+            kill_tree(self.proc)
 
     def stop(self) -> None:
         terminate_group(self.proc, 20)

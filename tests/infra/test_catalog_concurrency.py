@@ -72,7 +72,7 @@ def test_ingests_racing_repeated_swaps_lose_nothing(catalog_url: str, tmp_path: 
 
     def ingest_loop(replica: Catalog, worker: int) -> None:
         n = 0
-        while not stop.is_set():
+        while not stop.is_set() and n < 150:  # bounded: every rebuild re-reads what is there
             images = [f"w{worker}-item{n + i}".encode() for i in range(3)]
             try:
                 ids = replica.ingest("toys", images, [{"w": worker}] * 3, vectors_for)
@@ -81,6 +81,7 @@ def test_ingests_racing_repeated_swaps_lose_nothing(catalog_url: str, tmp_path: 
                 return
             acked.update(zip(ids, images, strict=True))
             n += 3
+            time.sleep(0.01)
 
     threads = [threading.Thread(target=ingest_loop, args=(r, i)) for i, r in enumerate([replica_a, replica_b] * 2)]
     for t in threads:
@@ -132,9 +133,9 @@ def test_two_replicas_creating_one_name_get_one_collection(catalog_url: str, tmp
         replicas[0].start_build("dupe", "2")
         replicas[1].start_build("dupe", "3")
     assert replicas[2].start_build("dupe", "3", replace=True)["version"] == "3"  # an abandoned build replaced
-    assert [r["version"] for r in replicas[3].db.physical_rows() if r["physical"] != replicas[3].info("dupe").physical] == [
-        "3"
-    ]
+    assert [
+        r["version"] for r in replicas[3].db.physical_rows() if r["physical"] != replicas[3].info("dupe").physical
+    ] == ["3"]
 
 
 def test_the_file_catalog_of_an_earlier_release_is_migrated_once(tmp_path: Path) -> None:

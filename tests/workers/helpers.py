@@ -47,7 +47,8 @@ def ensure_redis() -> None:
     pytest.skip("Redis did not start")
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log: Path, queues: str | None = None) -> subprocess.Popen[bytes]:
+    """A real Celery worker (``queues``: e.g. "celery" or "train"; default: both)."""
     celery = str(Path(sys.executable).with_name("celery"))
     cmd = [
         celery,
@@ -61,6 +62,7 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         "--loglevel=INFO",
         "-n",
         f"w{uuid.uuid4().hex[:6]}@%h",
+        *(["-Q", queues] if queues else []),
     ]
     return subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
