@@ -34,7 +34,8 @@ def stack(
     with search_stack(home, toy_clip[0], MODEL) as (store, emb_url, search_url):
         env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
         env |= {"VLMOPS_WORKER__SEARCH_URL": search_url, "VLMOPS_WORKER__EMBEDDING_URL": emb_url}
-        env |= {"VLMOPS_WORKER__PAGE_SIZE": "8"}
+        # reindexes to versions that are not production: no reconciler to bring them back meanwhile
+        env |= {"VLMOPS_WORKER__PAGE_SIZE": "8", "VLMOPS_WORKER__RECONCILE": "false"}
         yield {"home": home, "store": store, "env": env, "search": search_url}
 
 
@@ -204,7 +205,9 @@ def test_promote_and_rollback_reindex_the_collections_of_the_model(
     new = store.register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=13)).version
     broker = "redis://127.0.0.1:6379/11"
     redis.Redis.from_url(broker).flushdb()
-    env = {**stack["env"], "VLMOPS_BROKER_URL": broker}
+    # the reconciler on, with an interval far beyond the test: only the CLI's request makes it act
+    env = {**stack["env"], "VLMOPS_BROKER_URL": broker, "VLMOPS_WORKER__RECONCILE": "true"}
+    env["VLMOPS_WORKER__RECONCILE_INTERVAL_S"] = "3600"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     worker = start_worker(env, tmp_path / "worker.log")
@@ -212,11 +215,12 @@ def test_promote_and_rollback_reindex_the_collections_of_the_model(
     try:
         out = runner.invoke(main, ["models", "promote", MODEL, new, "--force", "--reason", "try it"])
         assert out.exit_code == 0, out.output
-        assert f"reindex of '{name}' enqueued" in out.output
+        assert f"reindex of '{name}' to version {new} enqueued" in out.output
         wait_for_version(url, name, new)
         out = runner.invoke(main, ["models", "rollback", MODEL, "--reason", "worse in production"])
         assert out.exit_code == 0, out.output
         assert f"{new} -> {production} (rolled back)" in out.output
+        assert f"reindex of '{name}' to version {production} enqueued" in out.output
         wait_for_version(url, name, production)
     finally:
         stop_worker(worker)
