@@ -127,13 +127,15 @@ def record_start(db: CatalogDB, collection: str, version: str, task_id: str) -> 
         return
 
 
-def record_end(db: CatalogDB, collection: str, error: str | None, settings: WorkerSettings) -> JobRow | None:
+def record_end(
+    db: CatalogDB, collection: str, error: str | None, settings: WorkerSettings, now: float | None = None
+) -> JobRow | None:
     """Success clears the failures; a failure counts one more and sets when to try again."""
     if error is None:
         return db.set_job(collection, state="succeeded", failures=0, error=None, next_attempt_at=None)
     job = db.job(collection)
     failures = (job.failures if job is not None else 0) + 1
-    retry_at = time.time() + backoff_s(failures, settings)
+    retry_at = (now or time.time()) + backoff_s(failures, settings)
     return db.set_job(collection, state="failed", failures=failures, error=error[:4000], next_attempt_at=retry_at)
 
 
