@@ -163,10 +163,8 @@ class Catalog:
         with self.db.locked(name, exclusive=True) as (conn, row):
             if row.build_physical != physical or row.build_version is None:
                 raise NotFound(f"no running build {physical!r} of {name!r}")
-            live_ids = [p.id for p in self.index.scroll(row.live_physical, batch=1024, with_vectors=False)]
-            staged = {p.id for p in self.index.get(physical, live_ids)}
-            if missing := set(live_ids) - staged:
-                raise Conflict(f"build {physical!r} lacks {len(missing)} live items: not swapped")
+            if missing := self._missing(row.live_physical, physical):
+                raise Conflict(f"build {physical!r} lacks {missing} live items: not swapped")
             self.index.set_alias(name, physical)
             self.db.update(
                 conn,
@@ -179,6 +177,16 @@ class Catalog:
             )
             self.db.retire(conn, row.live_physical, time.time())
         return self.info(name)
+
+    def _missing(self, live: str, staging: str, batch: int = 1024) -> int:
+        """Live items the staging collection lacks: one cursor pass over the live one, a page at a time."""
+        missing, cursor = 0, None
+        while True:
+            page, cursor = self.index.page(live, cursor, batch, with_vectors=False)
+            ids = [p.id for p in page]
+            missing += len(set(ids) - {p.id for p in self.index.get(staging, ids)}) if ids else 0
+            if cursor is None:
+                return missing
 
     def drop_retired(self, grace_s: float) -> list[str]:
         """Drop physical collections retired more than ``grace_s`` ago (searches in flight have finished)."""
