@@ -177,7 +177,28 @@ def ingest_and_follow_production(url: str, laptop: RegistryStore, tracking: str)
     # no second reindex was enqueued once the collection was in sync
     time.sleep(3 * INTERVAL_S)
     assert collection(url, "toys")["reindex"]["task_id"] == row["reindex"]["task_id"]
+    shown_by_the_cli_and_metrics(url, v2)
     return ids
+
+
+def shown_by_the_cli_and_metrics(url: str, version: str) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    out = CliRunner().invoke(main, ["collections"], env={"VLMOPS_WORKER__SEARCH_URL": url})
+    assert out.exit_code == 0, out.output
+    (line,) = [ln for ln in out.output.splitlines() if ln.startswith("toys ")]
+    assert line.split()[1:4] == [MODEL, version, str(N_ITEMS)] and f"done (v{version})" in line
+    deadline = time.monotonic() + 30  # the search service refreshes its catalog gauges on a timer
+    while True:
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        if f'vlmops_collection_items{{collection="toys",version="{version}"}} {N_ITEMS}.0' in metrics:
+            break
+        assert time.monotonic() < deadline, [m for m in metrics.splitlines() if "vlmops_collection" in m]
+        time.sleep(0.5)
+    assert 'vlmops_reindex_failures{collection="toys"} 0.0' in metrics
+    assert 'vlmops_reindex_active{collection="toys"} 0.0' in metrics
 
 
 def restart_without_its_home(

@@ -51,10 +51,11 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
     except Exception as exc:
         record_end(db, collection, f"{type(exc).__name__}: {exc}", settings.worker)
         raise
+    else:
+        record_end(db, collection, None, settings.worker)
     finally:
         search.close()
-    record_end(db, collection, None, settings.worker)
-    db.close()
+        db.close()
     return asdict(result)
 
 

@@ -64,3 +64,18 @@ def test_a_version_logged_to_another_machines_folder_says_so(tmp_path: Path) -> 
     node_b = RegistryStore.from_settings(make_settings(tmp_path / "b", mlflow_tracking_uri=node_a.tracking_uri))
     with pytest.raises(Misconfigured, match="a folder this machine does not have.*VLMOPS_ARTIFACT_ROOT"):
         node_b.download(node_b.get("elsewhere", info.version))
+
+
+def test_an_artifact_root_holds_the_files_of_every_new_experiment(tmp_path: Path) -> None:
+    """VLMOPS_ARTIFACT_ROOT (a shared volume here; s3:// alike): files land there, not under the home."""
+    shared = (tmp_path / "bucket").as_uri()
+    db = f"sqlite:///{tmp_path / 'registry.db'}"
+    writer = RegistryStore.from_settings(make_settings(tmp_path / "w", mlflow_tracking_uri=db, artifact_root=shared))
+    info = writer.register("rooted", ClipModel.from_pretrained("vlmops-toy-clip", seed=5))
+    assert info.source.startswith(shared) and not (tmp_path / "w" / "mlartifacts").exists()
+    reader = RegistryStore.from_settings(make_settings(tmp_path / "r", mlflow_tracking_uri=db, artifact_root=shared))
+    assert isinstance(reader.load(reader.get("rooted", info.version)), ClipModel)
+    elsewhere = (tmp_path / "other-bucket").as_uri()
+    moved = RegistryStore.from_settings(make_settings(tmp_path / "m", mlflow_tracking_uri=db, artifact_root=elsewhere))
+    with pytest.raises(Misconfigured, match=f"not under VLMOPS_ARTIFACT_ROOT={elsewhere}"):
+        moved.experiment_id()
