@@ -235,3 +235,30 @@ def test_promote_and_rollback_reindex_the_collections_of_the_model(
         new,
         "worse in production",
     )
+
+
+def test_a_failed_reindex_shows_in_the_cli_and_on_metrics(stack: dict[str, Any]) -> None:
+    """What a worker records when a reindex fails is what `vlmops collections` and /metrics show."""
+    from click.testing import CliRunner
+
+    from infra.catalog_db import CatalogDB
+    from infra.settings import WorkerSettings
+    from services.cli import main
+    from workers.reconcile import record_end, record_start
+
+    url = stack["search"]
+    make_collection(url, "toys-failing")
+    db = CatalogDB(make_settings(stack["home"]).catalog_uri)  # the worker's side of the shared catalog
+    settings = WorkerSettings(retry_backoff_s=120)
+    for _ in range(2):
+        record_start(db, "toys-failing", "9", "task-1")
+        record_end(db, "toys-failing", "NotFound: model 'vlmops-clip' has no version '9'", settings)
+    out = CliRunner().invoke(main, ["collections"], env={"VLMOPS_WORKER__SEARCH_URL": url})
+    assert out.exit_code == 0, out.output
+    (line,) = [ln for ln in out.output.splitlines() if ln.startswith("toys-failing ")]
+    assert "FAILED x2 to v9" in line and "has no version '9'" in line
+    assert int(line.split("retry in ")[1].split()[0]) in range(200, 241)  # 120 s doubled, from the second failure
+    deadline = time.monotonic() + 30  # gauges are refreshed on the janitor's timer
+    while 'vlmops_reindex_failures{collection="toys-failing"} 2.0' not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, "the failure never reached /metrics"
+        time.sleep(0.5)
