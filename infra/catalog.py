@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 from infra.blobs import BlobStore
 from infra.catalog_db import CatalogDB, CollectionRow, JobRow
 from infra.errors import Conflict, InvalidInput, NotFound
+from infra.periodic import Periodic
 from infra.vector_index import Hit, IndexPoint, VectorIndex, physical_name, point_id
 from infra.vector_index.base import Filter, check_name
 
@@ -214,13 +214,14 @@ class Catalog:
                 raise InvalidInput(f"payload keys {clash} are reserved")
         keys = [self.blobs.put(data) for data in images]
         vectors: dict[str, np.ndarray] = {}
-        for attempt in range(RETRIES + 1):
+        attempt = 0
+        while True:
             for _, version in self.row(name).targets:
                 if version not in vectors:
                     vectors[version] = embed(images, version)
             with self.db.locked(name, exclusive=False) as (_, row):
-                missing = [v for _, v in row.targets if v not in vectors]
-                if missing and attempt < RETRIES:
+                if attempt < RETRIES and any(v not in vectors for _, v in row.targets):
+                    attempt += 1
                     continue  # a build started meanwhile: embed for it too, outside the lock
                 for physical, version in row.targets:
                     if version not in vectors:  # retries spent: embed under the lock
@@ -231,7 +232,6 @@ class Catalog:
                     ]
                     self.index.upsert(physical, points)
                 return [point_id(key) for key in keys]
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def search(
         self,
@@ -316,7 +316,7 @@ def as_dict(result: Result | CollectionInfo | JobRow) -> dict[str, Any]:
     return asdict(result)
 
 
-class Janitor:
+class Janitor(Periodic):
     """Drops replaced physical collections once they have been retired ``grace_s`` (searches that
     read the old row have finished by then), checking every ``interval_s``; ``on_pass`` runs after
     each pass (the search service refreshes its catalog gauges there)."""
@@ -330,25 +330,13 @@ class Janitor:
     ) -> None:
         self.catalog = catalog
         self.grace_s = grace_s
-        self.interval_s = interval_s if interval_s is not None else max(1.0, min(30.0, grace_s / 2))
         self.on_pass = on_pass
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vlmops-janitor", daemon=True)
+        super().__init__(
+            "janitor", interval_s if interval_s is not None else max(1.0, min(30.0, grace_s / 2)), self.pass_
+        )
 
-    def start(self) -> Janitor:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if dropped := self.catalog.drop_retired(self.grace_s):
-                    log.info("dropped retired collections %s", dropped)
-                if self.on_pass is not None:
-                    self.on_pass()
-            except Exception:  # noqa: BLE001 - the janitor must outlive one failed pass
-                log.exception("janitor pass failed; trying again later")
+    def pass_(self) -> None:
+        if dropped := self.catalog.drop_retired(self.grace_s):
+            log.info("dropped retired collections %s", dropped)
+        if self.on_pass is not None:
+            self.on_pass()

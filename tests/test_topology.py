@@ -16,7 +16,6 @@ own volume).
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from registry.families.clip import ClipModel
 from registry.store import RegistryStore
 from tests.conftest import make_settings, postgres_database
 from tests.servers import mlflow_server
-from tests.workers.helpers import ensure_redis, start_worker, stop_worker
+from tests.workers.helpers import SearchWatch, ensure_redis, start_worker, stop_worker
 from workers.app import make_app
 
 pytestmark = pytest.mark.slow
@@ -141,34 +140,13 @@ def ingest_and_follow_production(url: str, laptop: RegistryStore, tracking: str)
     assert collection(url, "toys")["count"] == N_ITEMS and collection(url, "toys")["version"] == "1"
 
     v2 = laptop.register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=21)).version
-    seen: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def search_loop() -> None:
-        while not stop.is_set():
-            resp = httpx.post(
-                f"{url}/search", json={"collection": "toys", "text": "a red circle", "top_k": 8}, timeout=60
-            )
-            if resp.status_code != 200:
-                failures.append(resp.text)
-                continue
-            versions = {h["version"] for h in resp.json()}
-            if len(versions) != 1:
-                failures.append(f"mixed versions {versions}")
-            seen.extend(versions)
-
-    loop = threading.Thread(target=search_loop)
-    loop.start()
-    try:
+    with SearchWatch(url, "toys", top_k=8) as watch:
         MlflowClient(tracking_uri=tracking).set_registered_model_alias(MODEL, "production", v2)  # not the CLI
         moved = time.monotonic()
         while collection(url, "toys")["version"] != v2:
             assert time.monotonic() - moved < 120, f"never reindexed: {collection(url, 'toys')}"
             time.sleep(0.2)
-    finally:
-        stop.set()
-        loop.join()
+    seen, failures = watch.seen, watch.failures
     row = collection(url, "toys")
     assert row["count"] == N_ITEMS and row["reindex"]["state"] == "succeeded" and row["reindex"]["version"] == v2
     assert failures == []

@@ -63,11 +63,11 @@ def _recover(sender: str, instance: Any, **_: Any) -> None:
 @worker_ready.connect
 def _start_reconciler(sender: Any, **_: Any) -> None:
     """Workers of the default queue keep every collection on its model's production version."""
-    from workers.reconcile import ReconcilerThread, reconciler
+    from workers.reconcile import reconciler, reconciler_thread
 
     settings = Settings()
     queues = set(sender.app.amqp.queues.consume_from or {})
     if not settings.worker.reconcile or DEFAULT_QUEUE not in queues:
         return
-    thread = ReconcilerThread(lambda: reconciler(settings, sender.app), settings.worker.reconcile_interval_s)
+    thread = reconciler_thread(lambda: reconciler(settings, sender.app), settings.worker.reconcile_interval_s)
     thread.start()  # a daemon thread: it ends with the worker process

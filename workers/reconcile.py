@@ -15,8 +15,8 @@ makes one happen sooner.
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +26,7 @@ from celery import Celery, states
 
 from infra.catalog_db import ACTIVE, CatalogDB, CollectionRow, JobRow
 from infra.errors import NotFound
+from infra.periodic import Periodic
 from infra.settings import Settings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class Enqueued:
     version: str
     task_id: str
     previous: str
+
+
+def failures_so_far(job: JobRow | None, version: str) -> int:
+    """Consecutive failures carried into a new attempt: those of the same target version only."""
+    return job.failures if job is not None and job.version == version else 0
 
 
 def backoff_s(failures: int, settings: WorkerSettings) -> float:
@@ -98,7 +104,7 @@ class Reconciler:
                 job = self.db.job(name, conn)
                 if not self.due(row, target, job, at):  # another worker claimed it first
                     return None
-                failures = job.failures if job is not None and job.version == target else 0
+                failures = failures_so_far(job, target)
                 task_id = str(uuid.uuid4())
                 self.db.put_job(conn, JobRow(name, target, "queued", task_id, failures, None, None, at))
                 # sent before the claim commits: a claim whose task was never sent cannot exist; a task
@@ -121,7 +127,7 @@ def record_start(db: CatalogDB, collection: str, version: str, task_id: str) -> 
     try:
         with db.locked(collection, exclusive=True) as (conn, _):
             job = db.job(collection, conn)
-            failures = job.failures if job is not None and job.version == version else 0
+            failures = failures_so_far(job, version)
             db.put_job(conn, JobRow(collection, version, "running", task_id, failures, None, None, time.time()))
     except NotFound:
         return
@@ -139,32 +145,11 @@ def record_end(
     return db.set_job(collection, state="failed", failures=failures, error=error[:4000], next_attempt_at=retry_at)
 
 
-class ReconcilerThread:
-    """Runs ``reconciler.run_once`` every ``interval_s`` until stopped; a failed pass is logged and the
-    next one runs on time."""
-
-    def __init__(self, make: Callable[[], Reconciler], interval_s: float) -> None:
-        self.make = make
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vlmops-reconciler", daemon=True)
-
-    def start(self) -> ReconcilerThread:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        reconciler: Reconciler | None = None
-        while not self._stop.wait(self.interval_s):
-            try:
-                reconciler = reconciler or self.make()
-                reconciler.run_once()
-            except Exception:  # noqa: BLE001 - one failed pass (registry or database down) is retried
-                log.exception("reconcile pass failed; trying again in %.0f s", self.interval_s)
+def reconciler_thread(make: Callable[[], Reconciler], interval_s: float) -> Periodic:
+    """A pass every ``interval_s`` of the reconciler ``make()`` builds on the first pass that succeeds
+    (the catalog or registry may still be starting when the worker does)."""
+    built = functools.cache(make)
+    return Periodic("reconciler", interval_s, lambda: built().run_once())
 
 
 def reconciler(settings: Settings, app: Celery) -> Reconciler:

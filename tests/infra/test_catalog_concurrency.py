@@ -5,7 +5,6 @@ is migrated once."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -22,19 +21,14 @@ from infra.errors import Conflict
 from infra.vector_index import IndexPoint, physical_name, point_id
 from infra.vector_index.edge import EdgeIndex
 from tests.conftest import postgres_database
-
-DIM = 8
+from tests.infra.test_catalog import DIM
+from tests.infra.test_catalog import vectors_for as unit_vectors
 
 
 def vectors_for(images: Sequence[bytes], version: str) -> np.ndarray:
-    """Deterministic unit vectors per (image, version), a little slow: the embedding service's stand-in."""
+    """The embedding service's stand-in, a little slow, so that races have room."""
     time.sleep(0.002)
-    rows = []
-    for data in images:
-        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(data + version.encode()).digest()[:4], "little"))
-        v = rng.normal(size=DIM)
-        rows.append(v / np.linalg.norm(v))
-    return np.asarray(rows, dtype=np.float32)
+    return unit_vectors(images, version)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

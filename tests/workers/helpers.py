@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -73,3 +75,39 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     from infra.process import terminate_group
 
     terminate_group(proc, 30)
+
+
+class SearchWatch:
+    """``with SearchWatch(url, "toys") as watch:`` searches the collection in a loop on a thread,
+    recording the model versions of every answer (``seen``) and every failed or mixed answer."""
+
+    def __init__(self, url: str, collection: str, text: str = "a red circle", top_k: int = 5) -> None:
+        self.body = {"collection": collection, "text": text, "top_k": top_k}
+        self.url = url
+        self.seen: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resp = httpx.post(f"{self.url}/search", json=self.body, timeout=60)
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if resp.status_code != 200:
+                self.failures.append(resp.text)
+                continue
+            versions = {h["version"] for h in resp.json()}
+            if len(versions) != 1:
+                self.failures.append(f"mixed versions {versions}")
+            self.seen.extend(versions)
+
+    def __enter__(self) -> SearchWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()

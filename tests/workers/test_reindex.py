@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from infra.images import encode_png, to_base64
 from infra.toyworld import Split, ToyWorld
 from registry.families.clip import ClipModel
 from tests.conftest import make_settings, search_stack
-from tests.workers.helpers import ensure_redis, start_worker, stop_worker
+from tests.workers.helpers import SearchWatch, ensure_redis, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -75,40 +74,17 @@ def test_reindex_under_search_load_never_mixes_versions(stack: dict[str, Any], b
     before = count(url, name)
     assert before == (N_ITEMS, "1")
 
-    seen: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def search_loop() -> None:
-        while not stop.is_set():
-            try:
-                hits = httpx.post(
-                    f"{url}/search", json={"collection": name, "text": "a red circle", "top_k": 5}, timeout=60
-                )
-                if hits.status_code != 200:
-                    failures.append(hits.text)
-                    continue
-                versions = {h["version"] for h in hits.json()}
-                if len(versions) != 1:
-                    failures.append(f"mixed versions {versions}")
-                seen.extend(versions)
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-
     worker = start_worker(env, tmp_path / "worker.log")
-    loop = threading.Thread(target=search_loop)
-    loop.start()
     try:
         from workers.app import make_app
 
         app = make_app(make_settings(stack["home"], broker_url=env.get("VLMOPS_BROKER_URL")))
-        result = app.send_task("vlmops.reindex", args=[name, v2])
-        out = result.get(timeout=240)
+        with SearchWatch(url, name) as watch:
+            out = app.send_task("vlmops.reindex", args=[name, v2]).get(timeout=240)
     finally:
-        stop.set()
-        loop.join()
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
+    seen, failures = watch.seen, watch.failures
     assert out["version"] == v2 and out["count"] == N_ITEMS
     assert failures == []
     # a search in flight at the swap answers from the old collection; the next one from the new
