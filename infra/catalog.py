@@ -26,7 +26,7 @@ from infra.catalog_db import CatalogDB, CollectionRow, JobRow
 from infra.errors import Conflict, InvalidInput, NotFound
 from infra.periodic import Periodic
 from infra.vector_index import Hit, IndexPoint, VectorIndex, physical_name, point_id
-from infra.vector_index.base import Filter, check_name
+from infra.vector_index.base import Filter, check_name, is_uuid
 
 log = logging.getLogger(__name__)
 RESERVED = ("blob", "content_hash")
@@ -249,7 +249,7 @@ class Catalog:
     def vector_of(self, name: str, item_id: str) -> tuple[CollectionInfo, np.ndarray]:
         """An item's stored vector, for "more like this" (same physical collection, same version)."""
         info = self.info(name)
-        found = self.index.get(info.physical, [item_id])
+        found = self.index.get(info.physical, [item_id]) if is_uuid(item_id) else []  # ids are UUIDs
         if not found:
             raise NotFound(f"collection {name!r} has no item {item_id!r}")
         return info, np.asarray(found[0].vector, dtype=np.float32)

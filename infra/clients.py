@@ -3,15 +3,19 @@ in infra, so that the workers reach the services without importing ``services/``
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import SecretStr
 
 from infra.errors import InvalidInput, NotFound, PayloadTooLarge, VlmopsError
 from infra.images import to_base64
+from infra.settings import Settings
 
 
 class ServiceError(VlmopsError):
@@ -21,6 +25,47 @@ class ServiceError(VlmopsError):
         super().__init__(f"HTTP {status}: {message}")
         self.http_status = status
         self.message = message
+
+
+RETRY_STATUSES = (429, 503)
+
+
+def retry_wait(resp: httpx.Response, attempt: int, base_s: float = 0.1, cap_s: float = 5.0) -> float:
+    """How long to wait before the next try: the server's ``Retry-After`` if it gave one, else full-jitter
+    exponential backoff (a random wait up to ``base_s * 2**attempt``, at most ``cap_s``)."""
+    hint = resp.headers.get("retry-after", "")
+    ceiling = min(cap_s, base_s * 2**attempt)
+    if hint.isdigit():
+        return min(cap_s, float(hint)) * (0.5 + random.random() / 2)
+    return random.uniform(0, ceiling)
+
+
+class ServiceHTTP:
+    """An HTTP client of one service: its key on every request, and 429 / 503 retried with jittered
+    backoff until ``deadline_s`` after the call began (then the last answer is raised)."""
+
+    def __init__(self, base_url: str, api_key: SecretStr | str | None = None, timeout: float = 120.0) -> None:
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.timeout = timeout
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def post(self, route: str, payload: dict[str, Any], deadline_s: float | None = None) -> Any:
+        deadline = time.monotonic() + (self.timeout if deadline_s is None else deadline_s)
+        attempt = 0
+        while True:
+            resp = self.http.post(route, json=payload)
+            if resp.status_code in RETRY_STATUSES:
+                wait = retry_wait(resp, attempt)
+                if time.monotonic() + wait < deadline:
+                    time.sleep(wait)
+                    attempt += 1
+                    continue
+            raise_for_status(resp)
+            return resp.json()
 
 
 def raise_for_status(resp: httpx.Response) -> None:
@@ -41,7 +86,7 @@ def raise_for_status(resp: httpx.Response) -> None:
             raise NotFound(message)
         case 413:
             raise PayloadTooLarge(message)
-        case 400 | 422:
+        case 400 | 415 | 422:
             raise InvalidInput(message)
         case _:
             raise ServiceError(resp.status_code, message)
@@ -55,17 +100,9 @@ class Embeddings:
     truncated: list[bool]
 
 
-class EmbeddingClient:
-    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def post(self, route: str, payload: dict[str, Any]) -> Any:
-        resp = self.http.post(route, json=payload)
-        raise_for_status(resp)
-        return resp.json()
+class EmbeddingClient(ServiceHTTP):
+    def __init__(self, base_url: str, api_key: SecretStr | str | None = None, timeout: float = 120.0) -> None:
+        super().__init__(base_url, api_key, timeout)
 
     @staticmethod
     def _embeddings(rows: list[dict[str, Any]]) -> Embeddings:
@@ -104,16 +141,15 @@ class EmbeddingClient:
 class SearchClient:
     """The search service's API: collections, ingest, search, and the rebuild protocol of the reindex job."""
 
-    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, api_key: SecretStr | str | None = None, timeout: float = 300.0) -> None:
+        self.service = ServiceHTTP(base_url, api_key, timeout)
+        self.http = self.service.http
 
     def close(self) -> None:
-        self.http.close()
+        self.service.close()
 
     def post(self, route: str, **body: Any) -> Any:
-        resp = self.http.post(route, json=body)
-        raise_for_status(resp)
-        return resp.json()
+        return self.service.post(route, body)
 
     def collections(self) -> list[dict[str, Any]]:
         return list(self.post("/collections/list"))
@@ -123,3 +159,12 @@ class SearchClient:
             if row["name"] == name:
                 return dict(row)
         raise NotFound(f"no collection {name!r}")
+
+
+def search_client(settings: Settings) -> SearchClient:
+    """The search service of ``settings``, called with this process's key (``VLMOPS_AUTH__KEY``)."""
+    return SearchClient(settings.worker.search_url, api_key=settings.auth.key)
+
+
+def embedding_client(settings: Settings) -> EmbeddingClient:
+    return EmbeddingClient(settings.worker.embedding_url, api_key=settings.auth.key)

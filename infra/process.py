@@ -100,8 +100,10 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         ready_timeout_s: float = 180.0,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
+        self.host = host
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self._own_home: Path | None = None
@@ -127,7 +129,7 @@ class ServiceProcess:
             self._own_home.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            serve_command(self.name, self.port),
+            serve_command(self.name, self.port, self.host),
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

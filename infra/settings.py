@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +43,9 @@ class ServiceSettings(BaseModel):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for inference; default: torch's")
     workers: int = Field(
         1, ge=1, description="API worker processes, each with its own model copy (2-4 keep one GPU busy)"
+    )
+    max_concurrency: int = Field(
+        256, ge=1, description="requests in flight per worker process; over it: 429 with Retry-After"
     )
 
 
@@ -92,6 +95,37 @@ class SearchSettings(BaseModel):
     max_text_chars: int = Field(2048, ge=1)
     threads: int = Field(8, ge=1, description="requests handled at once (each waits mostly on the embedding service)")
     access_log: bool = False
+    max_concurrency: int = Field(64, ge=1, description="requests in flight; over it: 429 with Retry-After")
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="largest request body")
+    ingest_uri_prefixes: list[str] = Field(
+        default_factory=list,
+        description="local folders (paths or file:// URIs) that ingest items may name by `uri` (JSON list); "
+        "empty: ingest by uri is off. Paths are resolved (symlinks, '..') before the check",
+    )
+    ingest_uri_hosts: list[str] = Field(
+        default_factory=list,
+        description="remote origins ingest items may name by `uri`: scheme://host[:port] (https://images.example.com, "
+        "s3://bucket); empty: no remote reads",
+    )
+
+
+class AuthSettings(BaseModel):
+    """API keys (``VLMOPS_AUTH__*``); see ``infra.auth``."""
+
+    keys: SecretStr = Field(
+        SecretStr(""),
+        description="hash lines of the keys this service accepts (`vlmops keys create`), separated by newlines; "
+        "from a Secret",
+    )
+    disabled: bool = Field(
+        False, description="serve without keys even on a non-loopback address (only behind another gate)"
+    )
+    key: SecretStr | None = Field(
+        None, description="the key this process sends when it calls the other services (worker, search, CLI)"
+    )
+    audit_log: str = Field(
+        "-", description="where mutating calls are recorded as JSON lines: a file path, or - (stdout)"
+    )
 
 
 class WorkerSettings(BaseModel):
@@ -158,6 +192,7 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     worker: WorkerSettings = WorkerSettings()
     gate: GateSettings = GateSettings()
+    auth: AuthSettings = AuthSettings()
 
     @property
     def tracking_uri(self) -> str:

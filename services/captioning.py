@@ -11,7 +11,7 @@ import bentoml
 
 from infra.settings import Settings
 from registry.families.captioning import Captioner, GenerationParams
-from services.fastpath import hot_path
+from services.gateway import gateway
 from services.model_pool import Loaded
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import CaptionOut, caption_item, per_params
@@ -23,7 +23,7 @@ CaptionItems = items_of(CaptionItem, LIMITS)
 Captions = json_list(CaptionOut)
 
 
-@hot_path(LIMITS, "caption")
+@gateway(LIMITS, SETTINGS.auth, read=("caption", "models"), hot=("caption",), fast_path=LIMITS.fast_path)
 @bentoml.service(**service_options("vlmops-captioning", LIMITS, timeout_s=300))
 class CaptioningService(ModelService[Captioner]):
     def __init__(self) -> None:

@@ -181,11 +181,43 @@ def models_rollback(name: str, reason: str, reindex: bool) -> None:
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
 def serve(service: str, port: int, host: str) -> None:
-    """Start a service (``bentoml serve`` of its module) in the foreground."""
-    from infra.process import serve_command
+    """Start a service (``bentoml serve`` of its module) in the foreground.
 
+    On an address other than loopback it needs API keys (VLMOPS_AUTH__KEYS) or VLMOPS_AUTH__DISABLED=true."""
+    from infra.process import serve_command
+    from services.guard import key_ring
+
+    key_ring(_settings().auth, [host], service)  # refuse now, with the reason, rather than in each worker
     cmd = serve_command(service, port, host)
     os.execv(cmd[0], cmd)
+
+
+@main.group()
+def keys() -> None:
+    """API keys: make one for a caller (the server keeps only its hash line)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["read", "write", "admin"]),
+    help="read: embed, caption, answer, ground, search, list; write: + ingest, create; admin: + delete, builds",
+)
+def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Print a new key for NAME (once: it is not stored) and the hash line the services keep.
+
+    Give the key to the caller (VLMOPS_AUTH__KEY for vlmops' own processes); add the hash line to
+    VLMOPS_AUTH__KEYS of every service it calls (one line per key, from a Secret)."""
+    from infra.auth import create_key
+
+    key, entry = create_key(name, scopes)
+    click.echo(f"key:       {key}")
+    click.echo(f"hash line: {entry.line()}")
+    click.echo("the key is shown once; the services need only the hash line", err=True)
 
 
 @main.command()
@@ -268,10 +300,10 @@ def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int) -
     """Ingest image files (or folders of them) into COLLECTION through the search service."""
     from tqdm import tqdm
 
-    from infra.clients import SearchClient
+    from infra.clients import search_client
     from infra.images import to_base64
 
-    search = SearchClient(_settings().worker.search_url)
+    search = search_client(_settings())
     if create:
         search.post("/collections/create", name=collection)
     files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
@@ -291,11 +323,11 @@ def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int) -
 @click.option("--top-k", default=10, show_default=True)
 def search(collection: str, query: str, image: bool, top_k: int) -> None:
     """Search COLLECTION by text (or by an image file with --image)."""
-    from infra.clients import SearchClient
+    from infra.clients import search_client
     from infra.images import to_base64
 
     body = {"image": to_base64(Path(query).read_bytes())} if image else {"text": query}
-    hits = SearchClient(_settings().worker.search_url).post("/search", collection=collection, top_k=top_k, **body)
+    hits = search_client(_settings()).post("/search", collection=collection, top_k=top_k, **body)
     for h in hits:
         click.echo(f"{h['score']:.4f}  v{h['version']}  {h['id']}  {json.dumps(h['payload'])}  {h['blob_uri']}")
 
@@ -306,9 +338,9 @@ def collections(as_json: bool) -> None:
     """The collections: model, live version, items, a running build, and the last reindex (failures too)."""
     import time
 
-    from infra.clients import SearchClient
+    from infra.clients import search_client
 
-    rows = SearchClient(_settings().worker.search_url).collections()
+    rows = search_client(_settings()).collections()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

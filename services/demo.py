@@ -108,7 +108,7 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
     env = {"VLMOPS_HOME": str(settings.home.resolve())}
     click.echo("starting the embedding service (bentoml serve) ...")
     with ServiceProcess("embedding", env=env, log_path=log_path) as svc:
-        client = EmbeddingClient(svc.url)
+        client = EmbeddingClient(svc.url, api_key=settings.auth.key)
         click.echo(f"embedding service ready at {svc.url}: {client.models()}")
         world = ToyWorld(seed=seed)
         labels = class_labels()
@@ -144,7 +144,7 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
         with ServiceProcess(
             "search", env={**env, "VLMOPS_SEARCH__EMBEDDING_URL": svc.url}, log_path=log_path
         ) as search:
-            p_at_10 = search_demo(SearchClient(search.url), world)
+            p_at_10 = search_demo(SearchClient(search.url, api_key=settings.auth.key), world)
             gain = 1.0
             if finetune:
                 worker_env = {**env, "VLMOPS_WORKER__SEARCH_URL": search.url, "VLMOPS_WORKER__EMBEDDING_URL": svc.url}
@@ -152,7 +152,7 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
                     update={"worker": settings.worker.model_copy(update={"search_url": search.url})}
                 )
                 with WorkerProcess(env=worker_env, log_path=settings.home.resolve() / "demo-worker.log"):
-                    gain = finetune_demo(jobs, SearchClient(search.url), seed)
+                    gain = finetune_demo(jobs, SearchClient(search.url, api_key=settings.auth.key), seed)
     click.echo(f"\nservices stopped; demo took {time.perf_counter() - t0:.0f} s")
     return 0 if acc >= 0.9 and p_at_10 >= 0.9 and gain >= 0.1 else 1
 

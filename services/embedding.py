@@ -23,7 +23,7 @@ from infra.settings import Settings
 from infra.threads import one_torch_thread
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
 from registry.store import VersionInfo
-from services.fastpath import hot_path
+from services.gateway import gateway
 from services.items import Prepared
 from services.model_pool import Loaded
 from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, embedding_json
@@ -60,7 +60,13 @@ MODEL_SECONDS = bentoml.metrics.Histogram(
 )
 
 
-@hot_path(LIMITS, "embed_text", "embed_image", "classify")
+@gateway(
+    LIMITS,
+    SETTINGS.auth,
+    read=("embed_text", "embed_image", "classify", "models"),
+    hot=("embed_text", "embed_image", "classify"),
+    fast_path=LIMITS.fast_path,
+)
 @bentoml.service(**service_options("vlmops-embedding", LIMITS))
 class EmbeddingService(ModelService[ClipModel]):
     def __init__(self) -> None:

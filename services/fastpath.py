@@ -26,14 +26,11 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
-
-from infra.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-S = TypeVar("S", bound=bentoml.Service[Any])
 
 REQUESTS = bentoml.metrics.Counter(
     name="vlmops_http_requests_total",
@@ -145,40 +141,9 @@ class FastPath:
             status, payload = error_body(exc)
             if status >= 500:
                 log.error("%s failed", method.route, exc_info=exc)
+            else:  # the client's mistake: one line, no traceback
+                log.info(
+                    "%s %d: %s", method.route, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                )
             return status, JSON_HEADERS, payload
         return response.status_code, response.raw_headers, response.body
-
-
-@dataclass(frozen=True)
-class HotRoutes:
-    apis: tuple[str, ...]
-    max_body_bytes: int
-    enabled: bool
-
-
-class _HotPathService(bentoml.Service[Any]):
-    """A BentoML service whose ASGI app has :class:`FastPath` in front (same slots: instances of
-    ``bentoml.Service`` can take this class in place)."""
-
-    __slots__ = ()
-
-    def to_asgi(self, is_main: bool = True) -> Any:
-        app = super().to_asgi(is_main)
-        hot: HotRoutes = self.inner.__vlmops_hot_routes__
-        return FastPath(app, self, hot.apis, hot.max_body_bytes, enabled=hot.enabled)
-
-
-def hot_path(limits: ServiceSettings, *apis: str) -> Callable[[S], S]:
-    """Class decorator, above ``@bentoml.service``: serve ``apis`` through :class:`FastPath`
-    (unless ``limits.fast_path`` is off)."""
-
-    def wrap(service: S) -> S:
-        unknown = [name for name in apis if name not in service.apis]
-        if unknown:
-            raise ValueError(f"{service.name} has no API named {', '.join(unknown)}")
-        enabled = limits.fast_path and not limits.access_log
-        service.inner.__vlmops_hot_routes__ = HotRoutes(apis, limits.max_request_bytes, enabled)
-        service.__class__ = _HotPathService
-        return service
-
-    return wrap

@@ -11,7 +11,7 @@ import bentoml
 
 from infra.settings import Settings
 from registry.families.grounding import Grounder
-from services.fastpath import hot_path
+from services.gateway import gateway
 from services.model_pool import Loaded
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import Box, GroundingOut, grounding_item, per_params
@@ -23,7 +23,7 @@ GroundingItems = items_of(GroundingItem, LIMITS)
 Groundings = json_list(GroundingOut)
 
 
-@hot_path(LIMITS, "ground")
+@gateway(LIMITS, SETTINGS.auth, read=("ground", "models"), hot=("ground",), fast_path=LIMITS.fast_path)
 @bentoml.service(**service_options("vlmops-grounding", LIMITS, timeout_s=300))
 class GroundingService(ModelService[Grounder]):
     def __init__(self) -> None:

@@ -18,17 +18,20 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from infra.blobs import BlobStore, read_uri
+from infra.blobs import BlobStore
 from infra.catalog import Catalog, Janitor, as_dict
 from infra.catalog_db import CatalogDB
 from infra.clients import EmbeddingClient
 from infra.errors import InvalidInput, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
 from infra.settings import Settings
+from infra.uris import UriPolicy
 from infra.vector_index import IndexPoint, open_index
 from infra.vector_index.base import is_uuid
 from registry.store import PRODUCTION, RegistryStore
 from services.edge import http_errors
+from services.gateway import gateway
+from services.guard import audit_target
 from services.items import clean_text
 
 SETTINGS = Settings()
@@ -55,7 +58,11 @@ REINDEX_ACTIVE = bentoml.metrics.Gauge(
 
 class IngestItem(BaseModel):
     image: str | None = Field(None, description="base64 of the image file")
-    uri: str | None = Field(None, description="or where to read it: a path or an fsspec URI")
+    uri: str | None = Field(
+        None,
+        description="or where the service reads it: only under VLMOPS_SEARCH__INGEST_URI_PREFIXES (local folders) "
+        "or from VLMOPS_SEARCH__INGEST_URI_HOSTS (remote origins); off by default",
+    )
     payload: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -80,6 +87,14 @@ class ResultOut(BaseModel):
     version: str
 
 
+@gateway(
+    LIMITS,
+    SETTINGS.auth,
+    read=("list_collections", "search"),
+    write=("create_collection", "ingest"),
+    admin=("delete_collection", "start_build", "build_items", "write_build", "finish_build"),
+    fast_path=False,
+)
 @bentoml.service(
     name="vlmops-search",
     traffic={"timeout": 300},
@@ -101,7 +116,8 @@ class SearchService:
             self.refresh_metrics,
         ).start()
         self.store = RegistryStore.from_settings(SETTINGS)
-        self.embedder = EmbeddingClient(LIMITS.embedding_url)
+        self.embedder = EmbeddingClient(LIMITS.embedding_url, api_key=SETTINGS.auth.key)
+        self.uris = UriPolicy(LIMITS.ingest_uri_prefixes, LIMITS.ingest_uri_hosts)
 
     def refresh_metrics(self) -> None:
         for row in self.catalog.status():
@@ -135,6 +151,7 @@ class SearchService:
     @bentoml.api(route="/collections/create")
     def create_collection(self, name: str, model: str | None = None, keyword_fields: list[str] | None = None) -> dict:
         """A collection of ``model``'s embeddings (default: the CLIP model in settings), at its production version."""
+        audit_target(name)
         with http_errors():
             model = model or LIMITS.default_model
             info = self.store.by_alias(model, PRODUCTION)
@@ -151,6 +168,7 @@ class SearchService:
 
     @bentoml.api(route="/collections/delete")
     def delete_collection(self, name: str) -> dict:
+        audit_target(name)
         with http_errors():
             self.catalog.delete(name)
         return {"deleted": name}
@@ -159,14 +177,18 @@ class SearchService:
     @bentoml.api
     def ingest(self, collection: str, items: list[IngestItem]) -> dict:
         """Images with payloads; every image is checked before anything is stored; idempotent by content."""
+        audit_target(collection)
         with http_errors():
             if not items or len(items) > LIMITS.max_items:
                 raise InvalidInput(f"send 1 to {LIMITS.max_items} items")
             self.catalog.info(collection)  # 404 before any work
             images = []
             for n, it in enumerate(items):
+                what = f"item {n}"
                 data = (
-                    decode_base64(it.image, f"item {n}") if it.image else read_uri(it.uri or "", LIMITS.max_image_bytes)
+                    decode_base64(it.image, what)
+                    if it.image is not None
+                    else self.uris.read(it.uri or "", LIMITS.max_image_bytes, what)
                 )
                 decode_image(
                     data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels, what=f"item {n}"
@@ -213,6 +235,7 @@ class SearchService:
     def start_build(self, collection: str, version: str, replace: bool = False) -> dict:
         """Open (or reopen) the staging collection that ``version`` will fill; new ingests go there too.
         ``replace``: abandon a build of another version (its job is gone)."""
+        audit_target(collection)
         with http_errors():
             info = self.catalog.info(collection)
             self.store.get(info.model, version)  # 404 for a version the registry does not have
@@ -222,6 +245,7 @@ class SearchService:
     def build_items(self, collection: str, cursor: str | None = None, limit: int = 256) -> dict:
         """A page of the live items to re-embed (id, blob key, payload) from ``cursor``, and the next
         page's cursor (null after the last)."""
+        audit_target(collection)
         with http_errors():
             if not 1 <= limit <= 4096:
                 raise InvalidInput("limit must be 1 to 4096")
@@ -232,6 +256,7 @@ class SearchService:
 
     @bentoml.api(route="/builds/write")
     def write_build(self, collection: str, physical: str, points: list[BuildPoint]) -> dict:
+        audit_target(collection)
         with http_errors():
             decoded = [
                 IndexPoint(p.id, np.frombuffer(decode_base64(p.vector_b64, "vector"), dtype="<f4").tolist(), p.payload)
@@ -242,6 +267,7 @@ class SearchService:
     @bentoml.api(route="/builds/finish")
     def finish_build(self, collection: str, physical: str, grace_s: float = 60.0) -> dict:
         """Swap the alias atomically; collections retired more than ``grace_s`` ago are dropped."""
+        audit_target(collection)
         with http_errors():
             info = self.catalog.finish_build(collection, physical)
             dropped = self.catalog.drop_retired(grace_s)

@@ -11,7 +11,7 @@ import bentoml
 
 from infra.settings import Settings
 from registry.families.vqa import VQAModel
-from services.fastpath import hot_path
+from services.gateway import gateway
 from services.model_pool import Loaded
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import AnswerOut, per_params, vqa_item
@@ -23,7 +23,7 @@ QuestionItems = items_of(QuestionItem, LIMITS)
 Answers = json_list(AnswerOut)
 
 
-@hot_path(LIMITS, "answer")
+@gateway(LIMITS, SETTINGS.auth, read=("answer", "models"), hot=("answer",), fast_path=LIMITS.fast_path)
 @bentoml.service(**service_options("vlmops-vqa", LIMITS, timeout_s=300))
 class VQAService(ModelService[VQAModel]):
     def __init__(self) -> None:

@@ -9,8 +9,9 @@ from celery import Task
 
 from infra.blobs import BlobStore
 from infra.catalog_db import CatalogDB
-from infra.clients import EmbeddingClient, SearchClient
+from infra.clients import embedding_client, search_client
 from infra.settings import Settings
+from infra.uris import UriPolicy
 from registry.store import PRODUCTION, RegistryStore
 from workers.app import app
 from workers.pipelines.ingest import run_ingest
@@ -25,7 +26,7 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
     Its state is kept on the collection's job row in the catalog (running, failed with the error and
     when it is retried, succeeded), where the reconciler and ``vlmops collections`` read it."""
     settings = Settings()
-    search = SearchClient(settings.worker.search_url)
+    search = search_client(settings)
     if version is None:
         model = search.collection(collection)["model"]
         version = RegistryStore.from_settings(settings).by_alias(model, PRODUCTION).version
@@ -40,7 +41,7 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
             collection,
             version,
             search,
-            EmbeddingClient(settings.worker.embedding_url),
+            embedding_client(settings),
             BlobStore(settings.blob_uri),
             page_size=settings.worker.page_size,
             grace_s=settings.worker.grace_s,
@@ -67,15 +68,18 @@ def reconcile() -> list[dict[str, Any]]:
 
 @app.task(bind=True, name="vlmops.ingest")
 def ingest(self: Task, collection: str, uris: list[str]) -> dict[str, Any]:
-    """Bulk ingest of images at ``uris`` (paths on a shared volume or fsspec URIs) into ``collection``:
-    the worker reads them and sends the bytes, the search service reads no path."""
+    """Bulk ingest of images at ``uris`` into ``collection``: the worker reads them, within the same rules
+    as the search service (``VLMOPS_SEARCH__INGEST_URI_PREFIXES`` / ``_HOSTS``), and sends the bytes."""
     settings = Settings()
 
     def progress(done: int, stage: str) -> None:
         self.update_state(state="PROGRESS", meta={"done": done, "total": len(uris), "stage": stage})
 
-    search = SearchClient(settings.worker.search_url)
-    count = run_ingest(collection, uris, search, settings.worker.page_size, settings.search.max_image_bytes, progress)
+    search = search_client(settings)
+    policy = UriPolicy(settings.search.ingest_uri_prefixes, settings.search.ingest_uri_hosts)
+    count = run_ingest(
+        collection, uris, search, policy, settings.worker.page_size, settings.search.max_image_bytes, progress
+    )
     return {"collection": collection, "ingested": len(uris), "count": count}
 
 

@@ -1,0 +1,110 @@
+"""``@gateway(...)``: the ASGI app of a vlmops service, its APIs each with a scope, behind the
+:class:`~services.guard.Guard`, the item APIs through the :class:`~services.fastpath.FastPath`.
+
+    @gateway(LIMITS, SETTINGS.auth, read=("embed_text", "models"), hot=("embed_text",))
+    @bentoml.service(...)
+    class EmbeddingService: ...
+
+Every API must be given a scope: a service with an API that has none does not import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import bentoml
+import psutil
+
+from infra.auth import Scope
+from infra.errors import Misconfigured
+from infra.settings import AuthSettings
+from services.fastpath import FastPath
+from services.guard import AuditLog, Guard, Route, key_ring, listening_addresses, quiet_client_errors
+
+S = TypeVar("S", bound=bentoml.Service[Any])
+log = logging.getLogger("vlmops.guard")
+
+
+class EdgeLimits(Protocol):
+    max_concurrency: int
+    max_request_bytes: int
+    access_log: bool
+
+
+@dataclass(frozen=True)
+class Edge:
+    scopes: dict[str, Scope]
+    hot: tuple[str, ...]
+    max_body_bytes: int
+    max_concurrency: int
+    auth: AuthSettings
+
+
+class _GatedService(bentoml.Service[Any]):
+    """A BentoML service whose ASGI app has the guard (and the fast path) in front (same slots:
+    instances of ``bentoml.Service`` can take this class in place)."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        app = super().to_asgi(is_main)
+        edge: Edge = self.inner.__vlmops_edge__
+        if edge.hot:
+            app = FastPath(app, self, edge.hot, edge.max_body_bytes)
+        quiet_client_errors()
+        # the listening socket is already open in this worker process (inherited from the arbiter)
+        try:
+            keys = key_ring(edge.auth, listening_addresses(), self.name)
+        except Misconfigured as exc:
+            refuse_to_start(exc)
+        routes = {self.apis[name].route: Route(name, scope) for name, scope in edge.scopes.items()}
+        return Guard(app, routes, keys, AuditLog(edge.auth.audit_log, self.name), edge.max_concurrency)
+
+
+def refuse_to_start(exc: Misconfigured) -> NoReturn:
+    """Stop the whole server, not only this worker (its arbiter would start another, forever)."""
+    log.critical("%s", exc)
+    parent = psutil.Process(os.getpid()).parent()
+    if parent is not None and any("bentoml" in part for part in parent.cmdline()):
+        parent.send_signal(signal.SIGTERM)
+    raise SystemExit(2)
+
+
+def gateway(
+    limits: EdgeLimits,
+    auth: AuthSettings,
+    *,
+    read: Iterable[str] = (),
+    write: Iterable[str] = (),
+    admin: Iterable[str] = (),
+    hot: Iterable[str] = (),
+    fast_path: bool = True,
+) -> Callable[[S], S]:
+    """Class decorator, above ``@bentoml.service``: every API with its scope; ``hot`` APIs through the
+    fast path (unless it or the access log is off)."""
+    scopes = {
+        **dict.fromkeys(read, Scope.read),
+        **dict.fromkeys(write, Scope.write),
+        **dict.fromkeys(admin, Scope.admin),
+    }
+
+    def wrap(service: S) -> S:
+        unknown = [name for name in [*scopes, *hot] if name not in service.apis]
+        if unknown:
+            raise ValueError(f"{service.name} has no API named {', '.join(unknown)}")
+        unscoped = [name for name in service.apis if name not in scopes]
+        if unscoped:
+            raise ValueError(f"{service.name}: give the APIs {', '.join(unscoped)} a scope (read, write or admin)")
+        on = fast_path and not limits.access_log
+        service.inner.__vlmops_edge__ = Edge(
+            scopes, tuple(hot) if on else (), limits.max_request_bytes, limits.max_concurrency, auth
+        )
+        service.__class__ = _GatedService
+        return service
+
+    return wrap
