@@ -66,13 +66,26 @@ def vqa_item(limits: VQASettings, hooks: Callable[[], RequestHooks | None]) -> t
     return QuestionItem
 
 
+def openapi30_exclusive(schema: dict[str, Any]) -> None:
+    """BentoML publishes OpenAPI 3.0, where ``exclusiveMinimum`` is a flag beside ``minimum`` (pydantic
+    writes the JSON Schema 2020 number, which 3.0 tools cannot read)."""
+    if isinstance(schema.get("exclusiveMinimum"), int | float):
+        schema["minimum"], schema["exclusiveMinimum"] = schema["exclusiveMinimum"], True
+
+
 def grounding_item(limits: GroundingSettings, hooks: Callable[[], RequestHooks | None]) -> type[BaseModel]:
     base = build_base_items(limits, hooks)
 
     class GroundingItem(base.ImageItem):  # type: ignore[name-defined,misc]
         queries: list[str] = Field(min_length=1, max_length=limits.max_queries, description="what to find")
         threshold: float = Field(0.1, ge=0.0, le=1.0, description="lowest score kept")
-        nms_iou: float = Field(0.3, gt=0.0, le=1.0, description="boxes of one query overlapping more are merged")
+        nms_iou: float = Field(
+            0.3,
+            gt=0.0,
+            le=1.0,
+            description="boxes of one query overlapping more are merged",
+            json_schema_extra=openapi30_exclusive,
+        )
 
         @field_validator("queries")
         @classmethod
