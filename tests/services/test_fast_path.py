@@ -13,8 +13,9 @@ import pytest
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel
 
-from infra.settings import EmbeddingSettings
-from services.fastpath import FastPath, RequestTooLarge, error_body, hot_path, read_body
+from infra.settings import AuthSettings, EmbeddingSettings
+from services.fastpath import FastPath, RequestTooLarge, error_body, read_body
+from services.gateway import gateway
 
 
 class Passed:
@@ -100,9 +101,16 @@ def test_read_body_joins_chunks_and_stops_at_the_limit() -> None:
         asyncio.run(read_body(chunks(b"ab", b"cde"), 4))
 
 
-def test_hot_path_names_an_api_the_service_lacks() -> None:
+def test_the_gateway_names_an_api_the_service_lacks_or_one_without_a_scope() -> None:
     from services.embedding import EmbeddingService
 
+    auth = AuthSettings()
     with pytest.raises(ValueError, match="no API named nope"):
-        hot_path(EmbeddingSettings(), "embed_text", "nope")(EmbeddingService)
-    assert EmbeddingService.inner.__vlmops_hot_routes__.apis == ("embed_text", "embed_image", "classify")
+        gateway(EmbeddingSettings(), auth, read=("embed_text",), hot=("embed_text", "nope"))(EmbeddingService)
+    with pytest.raises(ValueError, match="give the APIs classify, embed_image, models a scope"):
+        gateway(EmbeddingSettings(), auth, read=("embed_text",))(EmbeddingService)
+    edge = EmbeddingService.inner.__vlmops_edge__
+    assert edge.hot == ("embed_text", "embed_image", "classify")
+    assert {name: scope.name for name, scope in edge.scopes.items()} == dict.fromkeys(
+        ["embed_text", "embed_image", "classify", "models"], "read"
+    )

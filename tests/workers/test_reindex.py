@@ -3,6 +3,7 @@ the same items before and after. On the Redis broker and on the embedded (sqlite
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -141,19 +142,25 @@ def test_bulk_ingest_job_reads_a_folder(stack: dict[str, Any], tmp_path: Path) -
     for i, s in enumerate(ToyWorld().samples(20, Split.VAL, n_objects=1)):
         (folder / f"{i}.png").write_bytes(encode_png(s.image))
     uris = sorted(str(p) for p in folder.iterdir()) + [str(folder / "0.png")]  # a duplicate: stored once
+    (tmp_path / "elsewhere.png").write_bytes((folder / "0.png").read_bytes())  # exists, outside the prefix
     broker = "redis://127.0.0.1:6379/9"
     redis.Redis.from_url(broker).flushdb()
-    env = {**stack["env"], "VLMOPS_BROKER_URL": broker}
+    # the job reads within the same rules as the search service: only under the allowed prefixes
+    env = {**stack["env"], "VLMOPS_BROKER_URL": broker, "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(folder)])}
     from workers.app import make_app
 
     worker = start_worker(env, tmp_path / "worker.log")
     try:
-        out = make_app(make_settings(stack["home"], broker_url=broker)).send_task("vlmops.ingest", args=["bulk", uris])
-        result = out.get(timeout=120)
+        app = make_app(make_settings(stack["home"], broker_url=broker))
+        result = app.send_task("vlmops.ingest", args=["bulk", uris]).get(timeout=120)
+        outside = app.send_task("vlmops.ingest", args=["bulk", [uris[1], str(tmp_path / "elsewhere.png")]])
+        with pytest.raises(Exception, match="uri 1: nothing readable at"):
+            outside.get(timeout=120)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
     assert result == {"collection": "bulk", "ingested": 21, "count": 20}
+    assert count(url, "bulk")[0] == 20  # the refused job sent nothing, not even its allowed first page
     hits = call(url, "/search", collection="bulk", text="a red circle", top_k=3)
     assert hits and hits[0]["payload"]["uri"].startswith(str(folder))
 
