@@ -3,7 +3,8 @@
 - the raw in-process forward of the model (pre-decoded tensors; batch 32 and batch 1);
 - the vlmops embedding service under 1, 8 and 32 concurrent single-item clients (JPEG images);
 - the obvious alternative: FastAPI calling the model once per request (``bench/naive_server.py``);
-- the ceiling here: the same batcher and model behind a minimal HTTP server (``bench/bound_server.py``).
+- the ceiling here: the same batcher and model behind a minimal HTTP server (``bench/bound_server.py``);
+- the cost of API keys: the service with keys on against the same service with them off.
 
 The clients are ``bench.loadgen``'s (closed loop, keep-alive, cheap enough not to be the bottleneck).
 Targets 1, 3 and 4 are read from interleaved windows (raw or naive, service, raw or naive, ...; padded,
@@ -38,6 +39,7 @@ import torch
 from PIL import Image
 
 from bench.loadgen import load
+from infra.auth import create_key
 from infra.images import to_base64
 from infra.process import ServiceProcess, free_port, wait_http
 from infra.settings import Settings
@@ -216,6 +218,7 @@ def main() -> None:
             )
             for name, payload in (("batch32_json", batch_json), ("batch32_base64", batch_b64)):
                 results["vlmops"][name] = load(svc.url, "/embed_text", payload, 1, args.seconds)
+            results["auth"] = with_keys(svc.url, env, home, clients[-1], args.seconds, args.rounds, payloads)
             with peer_server("naive_server", model_dir) as naive_url:
                 results["vs_naive"] = against_naive(
                     svc.url, naive_url, clients[-1], args.seconds, args.rounds, payloads
@@ -276,6 +279,32 @@ def against_naive(
     return out
 
 
+def with_keys(
+    url: str, env: dict[str, str], home: Path, clients: int, seconds: float, rounds: int, payloads: dict[str, Any]
+) -> dict[str, Any]:
+    """Target 7: the service with API keys on (a second server, each request checked: Bearer header,
+    salted SHA-256, constant-time compare) against the one with keys off, interleaved, texts (the
+    lightest request, where a per-request cost shows most)."""
+    key, entry = create_key("bench", ["read"])
+    keyed_env = env | {"VLMOPS_AUTH__KEYS": entry.line()}
+    headers = {"authorization": f"Bearer {key}"}
+    with ServiceProcess("embedding", env=keyed_env, log_path=home / "service-keys.log") as keyed:
+        check = load(keyed.url, "/embed_text", payloads["texts"], 1, 0.5, headers=headers)  # the key works ...
+        refused = load(keyed.url, "/embed_text", payloads["texts"], 1, 0.5)  # ... and only with it
+        if not check["requests"] or check["errors"] or refused["requests"] or not refused["error_statuses"].get("401"):
+            raise RuntimeError("the keyed service did not refuse a request without its key")
+
+        def rate(at: str, hdrs: dict[str, str] | None) -> float:
+            out = load(at, "/embed_text", payloads["texts"], clients, seconds, headers=hdrs)
+            if out["errors"]:
+                raise RuntimeError(f"{out['errors']} requests failed: {out['error_statuses']}")
+            return float(out["requests_per_s"])
+
+        r = interleaved(lambda: rate(url, None), lambda: rate(keyed.url, headers), rounds)
+    print(f"  texts x{clients} clients, keys on / off, interleaved: {r['ratio']:.3f}", flush=True)
+    return {"texts": r}
+
+
 def client_counts(peer: dict[str, Any]) -> list[int]:
     """The client counts a peer was measured at (keys ``texts_c<N>``), ascending."""
     return sorted(int(m[1]) for k in peer if (m := re.fullmatch(r"texts_c(\d+)", k)))
@@ -318,6 +347,7 @@ def report(results: dict[str, Any]) -> None:
         ("5 JPEG service / tensor raw (images)", near["images"]["ratio"], ">= 0.9"),
         ("6 batch-32 response bytes json/base64", b_json["bytes_per_response"] / b_b64["bytes_per_response"], "info"),
         ("6 batch-32 requests/s base64/json", b_b64["requests_per_s"] / b_json["requests_per_s"], "info"),
+        ("7 texts: keys on / off at 32 clients", results["auth"]["texts"]["ratio"], ">= 0.98"),
     ]
     results["targets"] = {name: {"value": value, "target": goal} for name, value, goal in targets}
     print(f"\n{'target':42} {'value':>8}  goal")
