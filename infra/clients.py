@@ -143,7 +143,6 @@ class SearchClient:
 
     def __init__(self, base_url: str, api_key: SecretStr | str | None = None, timeout: float = 300.0) -> None:
         self.service = ServiceHTTP(base_url, api_key, timeout)
-        self.http = self.service.http
 
     def close(self) -> None:
         self.service.close()

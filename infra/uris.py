@@ -32,6 +32,11 @@ class UriDisabled(InvalidInput):
     """Ingest by uri is off on this deployment."""
 
 
+def unreadable(uri: str, what: str) -> Unreadable:
+    """The one answer for a uri outside what is allowed and for one with nothing there."""
+    return Unreadable(f"{what}: nothing readable at {uri[:300]!r} (missing, or outside the allowed prefixes)")
+
+
 def _origin(scheme: str, host: str, port: int | None) -> str:
     default = {"http": 80, "https": 443}.get(scheme)
     return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
@@ -65,7 +70,7 @@ class UriPolicy:
                 f"{what}: ingest by uri is off on this service (VLMOPS_SEARCH__INGEST_URI_PREFIXES and "
                 "VLMOPS_SEARCH__INGEST_URI_HOSTS are empty); send the image itself"
             )
-        refused = Unreadable(f"{what}: nothing readable at {uri[:300]!r} (missing, or outside the allowed prefixes)")
+        refused = unreadable(uri, what)
         try:
             parts = urlsplit(uri)
             if parts.scheme in LOCAL_SCHEMES:
@@ -88,7 +93,7 @@ class UriPolicy:
     def read(self, uri: str, max_bytes: int, what: str = "uri") -> bytes:
         """The bytes behind an allowed ``uri``, at most ``max_bytes`` (413 over it)."""
         target = self.check(uri, what)
-        refused = Unreadable(f"{what}: nothing readable at {uri[:300]!r} (missing, or outside the allowed prefixes)")
+        refused = unreadable(uri, what)
         try:
             if target.startswith(("http://", "https://")):
                 data = _read_http(target, max_bytes)

@@ -63,7 +63,8 @@ class _GatedService(bentoml.Service[Any]):
         except Misconfigured as exc:
             refuse_to_start(exc)
         routes = {self.apis[name].route: Route(name, scope) for name, scope in edge.scopes.items()}
-        return Guard(app, routes, keys, AuditLog(edge.auth.audit_log, self.name), edge.max_concurrency)
+        audit = AuditLog(edge.auth.audit_log, self.name)
+        return Guard(app, routes, keys, audit, edge.max_concurrency, edge.max_body_bytes)
 
 
 def refuse_to_start(exc: Misconfigured) -> NoReturn:

@@ -31,9 +31,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
 
+import bentoml
 import psutil
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from infra.auth import KeyRing, Principal, Scope, parse_lines
 from infra.errors import Misconfigured, VlmopsError
@@ -44,6 +46,11 @@ from services.fastpath import Scope as AsgiScope
 log = logging.getLogger("vlmops.guard")
 
 OPEN = Principal("-", Scope.admin)  # who calls when auth is off
+REJECTED = bentoml.metrics.Counter(
+    name="vlmops_http_rejected_total",
+    documentation="requests the gate answered itself (401, 403, 413, 415, 429), by operation and status",
+    labelnames=["operation", "status"],
+)
 
 
 @dataclass
@@ -65,6 +72,16 @@ def audit_target(target: str) -> None:
         call.target = target[:200]
 
 
+def outcome(status: int) -> str:
+    if status == 0:
+        return "aborted"  # the client went away before an answer
+    if status < 400:
+        return "ok"
+    if status in (401, 403):
+        return "denied"
+    return "rejected" if status < 500 else "failed"
+
+
 class AuditLog:
     """JSON lines, one per mutating call, to a file (appended) or to stdout (``-``)."""
 
@@ -74,9 +91,6 @@ class AuditLog:
         self._out: IO[str] = sys.stdout if where == "-" else open(where, "a", buffering=1)  # noqa: SIM115
 
     def record(self, call: Call, status: int) -> None:
-        outcome = (
-            "ok" if status < 400 else "denied" if status in (401, 403) else "rejected" if status < 500 else "failed"
-        )
         line = json.dumps(
             {
                 "ts": round(time.time(), 3),
@@ -85,7 +99,7 @@ class AuditLog:
                 "operation": call.operation,
                 "target": call.target,
                 "status": status,
-                "outcome": outcome,
+                "outcome": outcome(status),
             }
         )
         with self._lock:
@@ -127,7 +141,7 @@ def key_ring(auth: AuthSettings, addresses: Iterable[str], service: str) -> KeyR
 
 
 def client_error(exc: BaseException) -> bool:
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ValidationError | ClientDisconnect):
         return True
     if isinstance(exc, BentoMLException):
         return int(exc.error_code.value) < 500
@@ -161,11 +175,8 @@ class Route:
     scope: Scope
 
 
-def _header(scope: AsgiScope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 class Guard:
@@ -178,9 +189,11 @@ class Guard:
         keys: KeyRing | None,
         audit: AuditLog | None,
         max_concurrency: int,
+        max_body_bytes: int,
         retry_after_s: int = 1,
     ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.routes = routes
         self.keys = keys
         self.audit = audit
@@ -194,50 +207,85 @@ class Guard:
             await self.app(scope, receive, send)
             return
         call = Call("-", route.operation)
+        authorization = content_type = length = None
+        for name, value in scope["headers"]:  # one pass over the headers
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                length = value
         try:
-            principal = OPEN if self.keys is None else self.keys.authenticate(self._authorization(scope))
+            principal = OPEN if self.keys is None else self.keys.authenticate(_text(authorization))
             call.key = principal.name
             principal.require(route.scope, route.operation)
         except VlmopsError as exc:
-            status = exc.http_status
-            log.info("%s %s: %s", route.operation, status, exc)
-            headers = [(b"www-authenticate", b'Bearer realm="vlmops"')] if status == 401 else []
-            await _reply(send, status, str(exc), headers)
-            self._audit(route, call, status)
+            challenge = [(b"www-authenticate", b'Bearer realm="vlmops"')] if exc.http_status == 401 else []
+            await self._refuse(send, route, call, exc.http_status, str(exc), challenge)
             return
-        content_type = _header(scope, b"content-type")
         if content_type is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             message = f"{route.operation} takes a JSON body: send Content-Type: application/json"
-            log.info("%s 415: %s", route.operation, message)
-            await _reply(send, 415, message)
-            self._audit(route, call, 415)
+            await self._refuse(send, route, call, 415, message)
+            return
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            message = f"the request body is {int(length)} bytes, over the limit of {self.max_body_bytes} bytes"
+            await self._refuse(send, route, call, 413, message)
             return
         if self.in_flight >= self.max_concurrency:
             message = f"{self.max_concurrency} requests are in flight on this worker, its limit: retry later"
-            await _reply(send, 429, message, [(b"retry-after", self.retry_after)])
-            self._audit(route, call, 429)
+            await self._refuse(send, route, call, 429, message, [(b"retry-after", self.retry_after)], quiet=True)
             return
         self.in_flight += 1
-        status = 500
+        status = 0  # no answer: the client went away
+        received = 0
+        too_large = False
         token = _CALL.set(call)
+
+        async def counted() -> Message:
+            """A body sent without a length is cut off at the limit (the app sees a disconnect)."""
+            nonlocal received, too_large
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                too_large = True
+                return {"type": "http.disconnect"}
+            return message
 
         async def watch(message: Message) -> None:
             nonlocal status
+            if too_large:  # the app's answer to the cut-off body is replaced by the 413
+                if message["type"] == "http.response.start":
+                    status = 413
+                    await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes")
+                return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
 
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, counted, watch)
         finally:
             _CALL.reset(token)
             self.in_flight -= 1
             self._audit(route, call, status)
 
-    @staticmethod
-    def _authorization(scope: AsgiScope) -> str | None:
-        value = _header(scope, b"authorization")
-        return value.decode("latin-1") if value is not None else None
+    async def _refuse(
+        self,
+        send: Send,
+        route: Route,
+        call: Call,
+        status: int,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        """Answer before the app sees the request; logged at INFO (a 429 flood is not logged: the
+        ``vlmops_http_rejected_total`` counter has them)."""
+        if not quiet:
+            log.info("%s %d: %s", route.operation, status, message)
+        REJECTED.labels(operation=route.operation, status=str(status)).inc()
+        await _reply(send, status, message, headers)
+        self._audit(route, call, status)
 
     def _audit(self, route: Route, call: Call, status: int) -> None:
         if self.audit is not None and route.scope > Scope.read:

@@ -11,6 +11,7 @@ Edge index (``VLMOPS_INDEX_PATH``) it is the one process that opens the index.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import bentoml
@@ -21,8 +22,8 @@ from pydantic import BaseModel, Field, model_validator
 from infra.blobs import BlobStore
 from infra.catalog import Catalog, Janitor, as_dict
 from infra.catalog_db import CatalogDB
-from infra.clients import EmbeddingClient
-from infra.errors import InvalidInput, NotReady, VlmopsError
+from infra.clients import EmbeddingClient, Embeddings, ServiceError
+from infra.errors import InvalidInput, Misconfigured, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
 from infra.settings import Settings
 from infra.uris import UriPolicy
@@ -131,21 +132,25 @@ class SearchService:
         if any(v != version for v in got):  # the invariant, checked on every answer
             raise VlmopsError(f"embedding service answered with versions {set(got)} for a request pinned to {version}")
 
-    def _embed_images(self, images: list[bytes], version: str) -> np.ndarray:
+    def _embed(self, call: Callable[[], Embeddings], version: str) -> np.ndarray:
         try:
-            emb = self.embedder.embed_image(images, model_version=version)
+            emb = call()
         except httpx.HTTPError as exc:
             raise NotReady(f"embedding service unreachable at {LIMITS.embedding_url}: {exc}") from exc
+        except ServiceError as exc:
+            if exc.http_status in (401, 403):  # not the caller's mistake: this service's own key
+                raise Misconfigured(
+                    f"the embedding service refused this search service's key (VLMOPS_AUTH__KEY): {exc.message}"
+                ) from exc
+            raise
         self._checked(version, emb.versions)
         return emb.vectors
 
+    def _embed_images(self, images: list[bytes], version: str) -> np.ndarray:
+        return self._embed(lambda: self.embedder.embed_image(images, model_version=version), version)
+
     def _embed_text(self, text: str, version: str) -> np.ndarray:
-        try:
-            emb = self.embedder.embed_text([text], model_version=version)
-        except httpx.HTTPError as exc:
-            raise NotReady(f"embedding service unreachable at {LIMITS.embedding_url}: {exc}") from exc
-        self._checked(version, emb.versions)
-        return emb.vectors[0]
+        return self._embed(lambda: self.embedder.embed_text([text], model_version=version), version)[0]
 
     # ------------------------------------------------------------------ collections
     @bentoml.api(route="/collections/create")

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import load
 from infra.process import ServiceProcess
@@ -93,3 +94,11 @@ def test_a_flood_gets_429s_and_the_service_serves_on(service: ServiceProcess) ->
     assert peak[0] - baseline < RSS_GROWTH_BOUND
     assert abs(embed_ok(service.url) - 1.0) < 1e-4  # and it answers normally afterwards
     assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+    metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+    rejected = sum(
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "vlmops_http_rejected_total" and s.labels.get("status") == "429"
+    )
+    assert rejected >= statuses[429]  # the probe's 429s too

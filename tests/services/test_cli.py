@@ -137,3 +137,18 @@ class TestFinetuneCommands:
             runner.invoke(main, ["finetune", "--dataset", path, "--no-wait"], catch_exceptions=False)
         with pytest.raises(InvalidInput):
             runner.invoke(main, ["finetune", "--dataset", path, "--lora-r", "0"], catch_exceptions=False)
+
+
+def test_keys_create_prints_a_key_once_and_the_line_that_accepts_it(runner: CliRunner) -> None:
+    from infra.auth import KeyRing, Scope, parse_lines
+
+    out = invoke(runner, "keys", "create", "ingest-bot", "--scope", "read", "--scope", "write")
+    key = next(line.split()[-1] for line in out.splitlines() if line.startswith("key:"))
+    line = next(line.split()[-1] for line in out.splitlines() if line.startswith("hash line:"))
+    assert key.startswith("vlmops_ingest-bot_") and key not in line
+    who = KeyRing(parse_lines(line)).authenticate(f"Bearer {key}")
+    assert who.name == "ingest-bot" and who.scope is Scope.write
+    again = invoke(runner, "keys", "create", "ingest-bot", "--scope", "read")
+    assert key not in again  # a new key every time: none is stored
+    bad = runner.invoke(main, ["keys", "create", "ingest-bot", "--scope", "root"])
+    assert bad.exit_code != 0 and "root" in bad.output

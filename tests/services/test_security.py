@@ -71,6 +71,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/builds/write": {"collection": "guarded", "physical": "x", "points": []},
     "/builds/finish": {"collection": "guarded", "physical": "x"},
 }
+MAX_BODY = 3_000_000
 MATRIX = [(svc, route, scope) for svc, routes in SCOPES.items() for route, scope in routes.items()]
 
 
@@ -110,6 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (secret / "private.png").write_bytes(IMAGES[2])
     os.symlink(secret / "private.png", allowed / "escape.png")
     audit = home / "audit.jsonl"
+    (home / "keys.txt").write_text(lines)
     base = {
         "VLMOPS_HOME": str(home),
         "VLMOPS_AUTH__KEYS": lines,
@@ -118,6 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "VLMOPS_VQA__MODEL_NAME": "tiny-blip-vqa",
         "VLMOPS_GROUNDING__MODEL_NAME": "tiny-owlvit",
         "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(allowed)]),
+        "VLMOPS_SEARCH__MAX_REQUEST_BYTES": str(MAX_BODY),
     }
     procs = {n: ServiceProcess(n, env=base, log_path=home / f"{n}.log") for n in SERVICES if n != "search"}
     for proc in procs.values():
@@ -293,6 +296,17 @@ def test_malformed_bodies_are_4xx_and_the_service_serves_on(stack: Stack) -> Non
             assert multipart.status_code == 415 and "application/json" in multipart.json()[0]["error"]
             broken = httpx.post(url, content=b'{"items": [', headers=key | {"content-type": "application/json"})
             assert 400 <= broken.status_code < 500, (route, broken.text)
+    big = json.dumps({"collection": "uris", "items": [{"image": "A" * MAX_BODY}]}).encode()
+    sized = httpx.post(
+        f"{stack.urls['search']}/ingest", content=big, headers=key | {"content-type": "application/json"}
+    )
+    chunked = httpx.post(
+        f"{stack.urls['search']}/ingest",
+        content=(big[i : i + 65536] for i in range(0, len(big), 65536)),  # no length: cut off at the limit
+        headers=key | {"content-type": "application/json"},
+    )
+    for resp in (sized, chunked):
+        assert resp.status_code == 413 and f"limit of {MAX_BODY}" in resp.json()[0]["error"]
     bad_id = stack.post("search", "/search", {"collection": "uris", "item_id": "not-a-uuid"}, key="read")
     assert bad_id.status_code == 404 and "no item" in bad_id.json()[0]["error"]
     (row,) = stack.post("embedding", "/embed_text", BODIES["/embed_text"], key="read").json()
@@ -347,3 +361,22 @@ def test_auth_disabled_explicitly_serves_on_the_network(tmp_path: Path) -> None:
     with ServiceProcess("embedding", env=env, log_path=tmp_path / "open.log", host="0.0.0.0") as svc:
         (row,) = httpx.post(f"{svc.url}/embed_text", json=BODIES["/embed_text"], timeout=30).json()
         assert abs(norm(row) - 1.0) < 1e-4
+
+
+def test_a_search_service_with_a_refused_key_says_it_is_its_own_fault(stack: Stack, tmp_path: Path) -> None:
+    """The embedding service refuses the search service's key: a 500 for the caller (not its 401) and
+    the log names the setting to fix."""
+    env = {
+        "VLMOPS_HOME": str(tmp_path),
+        "VLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{stack.logs / 'mlflow.db'}",
+        "VLMOPS_ARTIFACT_ROOT": (stack.logs / "mlartifacts").as_uri(),
+        "VLMOPS_AUTH__KEYS": (stack.logs / "keys.txt").read_text(),
+        "VLMOPS_AUTH__KEY": "vlmops_search-svc_" + "0" * 48,
+        "VLMOPS_SEARCH__EMBEDDING_URL": stack.urls["embedding"],
+    }
+    with ServiceProcess("search", env=env, log_path=tmp_path / "search.log") as svc:
+        headers = {"authorization": f"Bearer {stack.keys['write']}"}
+        assert httpx.post(f"{svc.url}/collections/create", json={"name": "c"}, headers=headers).status_code == 200
+        resp = httpx.post(f"{svc.url}/search", json={"collection": "c", "text": "a star"}, headers=headers)
+        assert resp.status_code == 500
+    assert "refused this search service's key (VLMOPS_AUTH__KEY)" in (tmp_path / "search.log").read_text()
