@@ -179,7 +179,7 @@ def models_rollback(name: str, reason: str, reindex: bool) -> None:
 @main.command()
 @click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding", "search"]))
 @click.option("--port", default=3000, show_default=True)
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0: every address (needs API keys)")
 def serve(service: str, port: int, host: str) -> None:
     """Start a service (``bentoml serve`` of its module) in the foreground.
 
