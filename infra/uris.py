@@ -12,6 +12,7 @@ cannot learn which files exist on the server.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -102,8 +103,11 @@ class UriPolicy:
                 with fs.open(path, "rb") as src:
                     data = bytes(src.read(max_bytes + 1))
             else:
-                fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                # no blocking on a FIFO, and only a regular file (not a device, a folder or a socket)
+                fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 with os.fdopen(fd, "rb") as src:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise refused
                     data = src.read(max_bytes + 1)
         except (OSError, ValueError, httpx.HTTPError) as exc:
             raise refused from exc

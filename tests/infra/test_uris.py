@@ -21,6 +21,7 @@ def tree(tmp_path: Path) -> dict[str, Path]:
     (secret / "s.png").write_bytes(b"outside")
     os.symlink(secret / "s.png", allowed / "link-out.png")
     os.symlink(allowed / "sub" / "a.png", allowed / "link-in.png")
+    os.mkfifo(allowed / "fifo.png")  # would block a reader
     (tmp_path / "allowed-sibling").mkdir()
     (tmp_path / "allowed-sibling" / "x.png").write_bytes(b"sibling")
     return {"allowed": allowed, "secret": secret, "root": tmp_path}
@@ -59,6 +60,7 @@ def test_everything_outside_is_refused_alike_whether_it_exists_or_not(tree: dict
         "file://otherhost/etc/passwd",
         str(allowed / "absent.png"),  # missing, inside
         str(allowed / "sub"),  # a folder
+        str(allowed / "fifo.png"),  # not a regular file
         "relative/a.png",
         f"{allowed}/sub/a.png\0",
         "http://127.0.0.1:1/x.png",
