@@ -195,9 +195,7 @@ class SearchService:
                     if it.image is not None
                     else self.uris.read(it.uri or "", LIMITS.max_image_bytes, what)
                 )
-                decode_image(
-                    data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels, what=f"item {n}"
-                )
+                decode_image(data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels, what=what)
                 images.append(data)
             ids = self.catalog.ingest(collection, images, [dict(it.payload) for it in items], self._embed_images)
             return {"ids": ids, "count": self.catalog.count(collection)}
