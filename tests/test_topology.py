@@ -11,10 +11,13 @@ own volume).
 - The search service is SIGKILLed, its home deleted, and it starts again: every collection and
   every acknowledged item is back.
 - A finetune job on a trainer home registers a version that the embedding service then serves.
+- Keys are on everywhere: each process calls the others with a key of its own (search → embedding,
+  worker → search builds and embedding), and the search service's audit log names them.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ import pytest
 import redis
 from mlflow import MlflowClient
 
+from infra.auth import create_key
 from infra.images import encode_png, to_base64
 from infra.process import ServiceProcess
 from infra.toyworld import Domain, Split, ToyWorld
@@ -43,6 +47,12 @@ MODEL = "vlmops-clip"
 N_ITEMS = 64
 INTERVAL_S = 1.0
 BROKER = "redis://127.0.0.1:6379/12"
+# every process calls the others with a key of its own; the services accept the three
+SEARCH_KEY, SEARCH_LINE = create_key("search-svc", ["read"])  # search -> embedding
+WORKER_KEY, WORKER_LINE = create_key("worker", ["admin"])  # worker -> search builds, embedding
+OPERATOR_KEY, OPERATOR_LINE = create_key("operator", ["admin"])  # this test and the CLI
+KEYS = "\n".join(line.line() for line in (SEARCH_LINE, WORKER_LINE, OPERATOR_LINE))
+AUTH = {"authorization": f"Bearer {OPERATOR_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +74,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                         "VLMOPS_BLOB_ROOT": str(shared / "blobs"),
                         "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "20000",
                         "VLMOPS_EMBEDDING__REFRESH_INTERVAL_S": "1",
+                        "VLMOPS_AUTH__KEYS": KEYS,
                     },
                 }
 
@@ -75,7 +86,7 @@ def home(cluster: dict[str, Any], name: str) -> Path:
 
 
 def call(url: str, route: str, **body: Any) -> Any:
-    resp = httpx.post(f"{url}{route}", json=body, timeout=120)
+    resp = httpx.post(f"{url}{route}", json=body, headers=AUTH, timeout=120)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -100,6 +111,7 @@ def test_every_component_on_its_own_disk(
             "VLMOPS_INDEX_PATH": str(cluster["root"] / "shared" / "index"),
             "VLMOPS_SEARCH__EMBEDDING_URL": emb.url,
             "VLMOPS_WORKER__GRACE_S": "1",
+            "VLMOPS_AUTH__KEY": SEARCH_KEY,
         }
         search = ServiceProcess("search", env=search_env, log_path=cluster["root"] / "search.log").start()
         worker_env = {
@@ -109,6 +121,7 @@ def test_every_component_on_its_own_disk(
             "VLMOPS_WORKER__EMBEDDING_URL": emb.url,
             "VLMOPS_WORKER__RECONCILE_INTERVAL_S": str(INTERVAL_S),
             "VLMOPS_WORKER__PAGE_SIZE": "16",
+            "VLMOPS_AUTH__KEY": WORKER_KEY,
         }
         trainer_env = {
             **env,
@@ -118,6 +131,8 @@ def test_every_component_on_its_own_disk(
         worker = start_worker(worker_env, cluster["root"] / "worker.log", queues="celery")
         try:
             ingested = ingest_and_follow_production(search.url, laptop, tracking)
+            audited = audit_lines(cluster["root"] / "search.log")
+            assert {("operator", "ingest", "ok"), ("worker", "finish_build", "ok")} <= audited  # each its own key
             search = restart_without_its_home(search, search_home, search_env, ingested)
             finetune_and_serve(cluster, trainer_env, emb.url, laptop)
         finally:
@@ -140,7 +155,7 @@ def ingest_and_follow_production(url: str, laptop: RegistryStore, tracking: str)
     assert collection(url, "toys")["count"] == N_ITEMS and collection(url, "toys")["version"] == "1"
 
     v2 = laptop.register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=21)).version
-    with SearchWatch(url, "toys", top_k=8) as watch:
+    with SearchWatch(url, "toys", top_k=8, headers=AUTH) as watch:
         MlflowClient(tracking_uri=tracking).set_registered_model_alias(MODEL, "production", v2)  # not the CLI
         moved = time.monotonic()
         while collection(url, "toys")["version"] != v2:
@@ -164,7 +179,9 @@ def shown_by_the_cli_and_metrics(url: str, version: str) -> None:
 
     from services.cli import main
 
-    out = CliRunner().invoke(main, ["collections"], env={"VLMOPS_WORKER__SEARCH_URL": url})
+    out = CliRunner().invoke(
+        main, ["collections"], env={"VLMOPS_WORKER__SEARCH_URL": url, "VLMOPS_AUTH__KEY": OPERATOR_KEY}
+    )
     assert out.exit_code == 0, out.output
     (line,) = [ln for ln in out.output.splitlines() if ln.startswith("toys ")]
     assert line.split()[1:4] == [MODEL, version, str(N_ITEMS)] and f"done (v{version})" in line
@@ -177,6 +194,12 @@ def shown_by_the_cli_and_metrics(url: str, version: str) -> None:
         time.sleep(0.5)
     assert 'vlmops_reindex_failures{collection="toys"} 0.0' in metrics
     assert 'vlmops_reindex_active{collection="toys"} 0.0' in metrics
+
+
+def audit_lines(log: Path) -> set[tuple[str, str, str]]:
+    """(key, operation, outcome) of the audit lines the service wrote to its stdout."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"ts"')]
+    return {(r["key"], r["operation"], r["outcome"]) for r in rows}
 
 
 def restart_without_its_home(
@@ -220,6 +243,7 @@ def finetune_and_serve(
     resp = httpx.post(
         f"{emb_url}/embed_text",
         json={"items": [{"text": "a red circle", "model_version": out["version"]}]},
+        headers=AUTH,
         timeout=120,
     )
     assert resp.status_code == 200, resp.text

@@ -81,7 +81,15 @@ class SearchWatch:
     """``with SearchWatch(url, "toys") as watch:`` searches the collection in a loop on a thread,
     recording the model versions of every answer (``seen``) and every failed or mixed answer."""
 
-    def __init__(self, url: str, collection: str, text: str = "a red circle", top_k: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        collection: str,
+        text: str = "a red circle",
+        top_k: int = 5,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.headers = headers or {}
         self.body = {"collection": collection, "text": text, "top_k": top_k}
         self.url = url
         self.seen: list[str] = []
@@ -92,7 +100,7 @@ class SearchWatch:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                resp = httpx.post(f"{self.url}/search", json=self.body, timeout=60)
+                resp = httpx.post(f"{self.url}/search", json=self.body, headers=self.headers, timeout=60)
             except httpx.HTTPError as exc:
                 self.failures.append(repr(exc))
                 continue
