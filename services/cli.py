@@ -192,34 +192,6 @@ def serve(service: str, port: int, host: str) -> None:
     os.execv(cmd[0], cmd)
 
 
-@main.group()
-def keys() -> None:
-    """API keys: make one for a caller (the server keeps only its hash line)."""
-
-
-@keys.command("create")
-@click.argument("name")
-@click.option(
-    "--scope",
-    "scopes",
-    multiple=True,
-    required=True,
-    type=click.Choice(["read", "write", "admin"]),
-    help="read: embed, caption, answer, ground, search, list; write: + ingest, create; admin: + delete, builds",
-)
-def keys_create(name: str, scopes: tuple[str, ...]) -> None:
-    """Print a new key for NAME (once: it is not stored) and the hash line the services keep.
-
-    Give the key to the caller (VLMOPS_AUTH__KEY for vlmops' own processes); add the hash line to
-    VLMOPS_AUTH__KEYS of every service it calls (one line per key, from a Secret)."""
-    from infra.auth import create_key
-
-    key, entry = create_key(name, scopes)
-    click.echo(f"key:       {key}")
-    click.echo(f"hash line: {entry.line()}")
-    click.echo("the key is shown once; the services need only the hash line", err=True)
-
-
 @main.command()
 @click.option("--services", default=None, help="comma-separated names; default: VLMOPS_UP_SERVICES")
 @click.option("--port", default=3000, show_default=True, help="first port; services take consecutive ports")
@@ -387,14 +359,15 @@ def demo(seed: int, finetune: bool) -> None:
     sys.exit(run_demo(_settings(), seed=seed, finetune=finetune))
 
 
-def _add_training_commands() -> None:
+def _add_commands() -> None:
+    from services.cli_keys import keys
     from services.cli_train import datasets, eval_cmd, finetune
 
-    for command in (datasets, finetune, eval_cmd):
+    for command in (datasets, finetune, eval_cmd, keys):
         main.add_command(command)
 
 
-_add_training_commands()
+_add_commands()
 
 
 def _handle_errors() -> None:
