@@ -264,6 +264,9 @@ class Guard:
 
         try:
             await self.app(scope, counted, watch)
+            if too_large and status == 0:  # the app gave up on the cut-off body without an answer
+                status = 413
+                await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes")
         finally:
             _CALL.reset(token)
             self.in_flight -= 1

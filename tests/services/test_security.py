@@ -121,6 +121,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "VLMOPS_GROUNDING__MODEL_NAME": "tiny-owlvit",
         "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(allowed)]),
         "VLMOPS_SEARCH__MAX_REQUEST_BYTES": str(MAX_BODY),
+        "VLMOPS_EMBEDDING__MAX_REQUEST_BYTES": str(MAX_BODY),
     }
     procs = {n: ServiceProcess(n, env=base, log_path=home / f"{n}.log") for n in SERVICES if n != "search"}
     for proc in procs.values():
@@ -300,17 +301,18 @@ def test_malformed_bodies_are_4xx_and_the_service_serves_on(stack: Stack) -> Non
             broken = httpx.post(url, content=b'{"items": [', headers=key | {"content-type": "application/json"})
             assert 400 <= broken.status_code < 500, (route, broken.text)
     big = json.dumps({"collection": "uris", "items": [{"image": "A" * MAX_BODY}]}).encode()
-    sized = httpx.post(
-        f"{stack.urls['search']}/ingest", content=big, headers=key | {"content-type": "application/json"}
-    )
-    chunked = httpx.post(
-        f"{stack.urls['search']}/ingest",
-        content=(big[i : i + 65536] for i in range(0, len(big), 65536)),  # no length: cut off at the limit
-        headers=key | {"content-type": "application/json"},
-    )
-    for resp in (sized, chunked):
+    as_json = key | {"content-type": "application/json"}
+    sized = httpx.post(f"{stack.urls['search']}/ingest", content=big, headers=as_json)
+
+    def chunks() -> Iterator[bytes]:  # no length: cut off at the limit
+        return (big[k : k + 65536] for k in range(0, len(big), 65536))
+
+    chunked = httpx.post(f"{stack.urls['search']}/ingest", content=chunks(), headers=as_json)
+    hot = httpx.post(f"{stack.urls['embedding']}/embed_text", content=chunks(), headers=as_json)  # the fast path's
+    for resp in (sized, chunked, hot):
         assert resp.status_code == 413 and f"limit of {MAX_BODY}" in resp.json()[0]["error"]
-    bad_id = stack.post("search", "/search", {"collection": "uris", "item_id": "not-a-uuid"}, key="read")
+    stack.post("search", "/collections/create", {"name": "ids"}, key="write")
+    bad_id = stack.post("search", "/search", {"collection": "ids", "item_id": "not-a-uuid"}, key="read")
     assert bad_id.status_code == 404 and "no item" in bad_id.json()[0]["error"]
     (row,) = stack.post("embedding", "/embed_text", BODIES["/embed_text"], key="read").json()
     assert abs(norm(row) - 1.0) < 1e-4
