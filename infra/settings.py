@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+SECRETS_DIR_ENV = "VLMOPS_SECRETS_DIR"
 
 
 class ServiceSettings(BaseModel):
@@ -149,6 +157,15 @@ class WorkerSettings(BaseModel):
         30.0, gt=0, description="wait before retrying a failed reindex (doubles per failure)"
     )
     retry_backoff_max_s: float = Field(1800.0, gt=0, description="longest wait between retries of a failing reindex")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve the worker's Prometheus metrics on this port (/metrics); off if unset"
+    )
+    heartbeat_file: Path | None = Field(
+        None,
+        description="a file the worker touches from its consumer loop while it can take jobs (a liveness probe "
+        "checks its age); off if unset",
+    )
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="how often the heartbeat file is touched")
 
 
 class GateSettings(BaseModel):
@@ -163,9 +180,33 @@ class GateSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore")
+    """Every setting, from the environment; and, when ``VLMOPS_SECRETS_DIR`` names a folder, from the files in it,
+    one a setting, named like its variable (``VLMOPS_AUTH__KEYS``): a Kubernetes Secret mounted as a volume. The
+    environment wins over a file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore", secrets_nested_delimiter="__"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        folder = os.environ.get(SECRETS_DIR_ENV)
+        if not folder:
+            return init_settings, env_settings, dotenv_settings
+        secrets = NestedSecretsSettingsSource(file_secret_settings, secrets_dir=folder, secrets_dir_missing="error")
+        return init_settings, env_settings, dotenv_settings, secrets
 
     home: Path = Path(".vlmops")
+    log_format: str = Field(
+        "text", pattern="^(text|json)$", description="text: one readable line a record; json: one JSON object a line"
+    )
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite under VLMOPS_HOME")
     artifact_root: str | None = Field(
         None,
@@ -181,6 +222,7 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     qdrant_url: str | None = Field(None, description="a Qdrant server; default: Qdrant Edge in-process under HOME")
+    qdrant_api_key: SecretStr | None = Field(None, description="the Qdrant server's API key, if it has one")
     blob_root: str | None = Field(None, description="fsspec URI of the blob store; default: HOME/blobs")
     broker_url: str | None = Field(None, description="e.g. redis://host:6379/0; default: sqlite under HOME")
     result_backend: str | None = Field(None, description="default: the Redis broker, or sqlite under HOME")

@@ -15,7 +15,8 @@ def open_index(settings: Settings) -> VectorIndex:
 
         from infra.vector_index.server import ServerIndex
 
-        return ServerIndex(QdrantClient(url=settings.qdrant_url))
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return ServerIndex(QdrantClient(url=settings.qdrant_url, api_key=key))
     from infra.vector_index.edge import EdgeIndex
 
     return EdgeIndex(settings.index_dir)
