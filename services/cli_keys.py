@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -31,3 +33,31 @@ def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     click.echo(f"key:       {key}")
     click.echo(f"hash line: {entry.line()}")
     click.echo("the key is shown once; the services need only the hash line", err=True)
+
+
+@keys.command("k8s-secrets")
+@click.argument("overlay", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="replace existing secrets (every caller needs the new keys)")
+@click.option("--catalog-url", default=None, help="a managed PostgreSQL for the catalog (postgresql://...)")
+@click.option("--mlflow-backend-store-uri", default=None, help="a managed PostgreSQL for the MLflow server")
+@click.option("--broker-url", default=None, help="a managed Redis (rediss://:password@host:6379/0)")
+@click.option("--qdrant-api-key", default=None, help="the API key of a managed Qdrant")
+def keys_k8s_secrets(
+    overlay: Path,
+    force: bool,
+    catalog_url: str | None,
+    mlflow_backend_store_uri: str | None,
+    broker_url: str | None,
+    qdrant_api_key: str | None,
+) -> None:
+    """Write fresh keys and passwords into OVERLAY/secrets/, the files its secretGenerator reads (git
+    ignores them). The operator's admin key is OVERLAY/secrets/admin.key."""
+    from services.k8s_secrets import Managed, write_secret_files
+
+    managed = Managed(catalog_url, mlflow_backend_store_uri, broker_url, qdrant_api_key)
+    try:
+        written = write_secret_files(overlay / "secrets", managed, force=force)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {len(written)} files under {overlay / 'secrets'} (mode 0600, ignored by git)")
+    click.echo(f"your admin key: {overlay / 'secrets' / 'admin.key'} (export VLMOPS_AUTH__KEY=$(cat ...))")
