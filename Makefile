@@ -3,8 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov and kubernetes-validate pin packages of their own: a venv apart from the app's
+K8S_VENV := .venv-k8s
+K8S_STAMP := $(K8S_VENV)/.installed
 
-.PHONY: setup demo test lint bench serve k8s clean
+.PHONY: setup demo test lint bench serve k8s k8s-tools clean
 
 setup: $(STAMP)
 
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/vlmops demo
 
-test: setup
+test: setup k8s-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs
 
@@ -37,8 +40,16 @@ bench: setup
 serve: setup
 	$(BIN)/vlmops serve embedding --port 3000
 
-k8s:
-	kubectl kustomize k8s/overlays/cpu-dev > /dev/null && kubectl kustomize k8s/overlays/gpu-prod > /dev/null
+k8s-tools: $(K8S_STAMP)
+
+$(K8S_STAMP):
+	test -x $(K8S_VENV)/bin/python || $(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/pip install -q checkov==3.3.30 kubernetes-validate==1.37.0
+	touch $(K8S_STAMP)
+
+# render, validate and check the overlays (what the tests in tests/k8s do)
+k8s: setup k8s-tools
+	$(BIN)/python -m pytest -q tests/k8s
 
 clean:
-	rm -rf $(VENV) .vlmops .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(K8S_VENV) .vlmops .pytest_cache .ruff_cache

@@ -28,7 +28,8 @@ def kubectl() -> str:
 
 
 @cache
-def _tree() -> Path:
+def tree() -> Path:
+    """A copy of k8s/ with secret files of its own."""
     import tempfile
 
     copy = Path(tempfile.mkdtemp(prefix="vlmops-k8s-")) / "k8s"
@@ -38,13 +39,15 @@ def _tree() -> Path:
     return copy
 
 
+def render_dir(folder: Path) -> str:
+    out = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"kubectl kustomize {folder} failed:\n{out.stderr}"
+    return out.stdout
+
+
 @cache
 def rendered_text(overlay: str) -> str:
-    out = subprocess.run(
-        [kubectl(), "kustomize", str(_tree() / "overlays" / overlay)], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, f"kubectl kustomize {overlay} failed:\n{out.stderr}"
-    return out.stdout
+    return render_dir(tree() / "overlays" / overlay)
 
 
 def rendered(overlay: str) -> list[dict[str, Any]]:
