@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from infra.errors import InvalidInput, NotFound, PayloadTooLarge, VlmopsError
 from infra.images import to_base64
+from infra.logs import outgoing_headers
 from infra.settings import Settings
 
 
@@ -41,8 +42,9 @@ def retry_wait(resp: httpx.Response, attempt: int, base_s: float = 0.1, cap_s: f
 
 
 class ServiceHTTP:
-    """An HTTP client of one service: its key on every request, and 429 / 503 retried with jittered
-    backoff until ``deadline_s`` after the call began (then the last answer is raised)."""
+    """An HTTP client of one service: its key on every request, the current request id
+    (``X-Request-ID``, see ``infra.logs``) passed on, and 429 / 503 retried with jittered backoff until
+    ``deadline_s`` after the call began (then the last answer is raised)."""
 
     def __init__(self, base_url: str, api_key: SecretStr | str | None = None, timeout: float = 120.0) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
@@ -56,8 +58,9 @@ class ServiceHTTP:
     def post(self, route: str, payload: dict[str, Any], deadline_s: float | None = None) -> Any:
         deadline = time.monotonic() + (self.timeout if deadline_s is None else deadline_s)
         attempt = 0
+        headers = outgoing_headers()
         while True:
-            resp = self.http.post(route, json=payload)
+            resp = self.http.post(route, json=payload, headers=headers)
             if resp.status_code in RETRY_STATUSES:
                 wait = retry_wait(resp, attempt)
                 if time.monotonic() + wait < deadline:

@@ -184,9 +184,9 @@ class Settings(BaseSettings):
     one a setting, named like its variable (``VLMOPS_AUTH__KEYS``): a Kubernetes Secret mounted as a volume. The
     environment wins over a file."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore", secrets_nested_delimiter="__"
-    )
+    # the secrets' delimiter is given to their source, not here: pydantic-settings warns at every start
+    # (a stray line in JSON logs) about a secrets option in the config when that source is not in use
+    model_config = SettingsConfigDict(env_prefix="VLMOPS_", env_nested_delimiter="__", extra="ignore")
 
     @classmethod
     def settings_customise_sources(
@@ -200,7 +200,9 @@ class Settings(BaseSettings):
         folder = os.environ.get(SECRETS_DIR_ENV)
         if not folder:
             return init_settings, env_settings, dotenv_settings
-        secrets = NestedSecretsSettingsSource(file_secret_settings, secrets_dir=folder, secrets_dir_missing="error")
+        secrets = NestedSecretsSettingsSource(
+            file_secret_settings, secrets_dir=folder, secrets_dir_missing="error", secrets_nested_delimiter="__"
+        )
         return init_settings, env_settings, dotenv_settings, secrets
 
     home: Path = Path(".vlmops")

@@ -23,7 +23,14 @@ CaptionItems = items_of(CaptionItem, LIMITS)
 Captions = json_list(CaptionOut)
 
 
-@gateway(LIMITS, SETTINGS.auth, read=("caption", "models"), hot=("caption",), fast_path=LIMITS.fast_path)
+@gateway(
+    LIMITS,
+    SETTINGS.auth,
+    log_format=SETTINGS.log_format,
+    read=("caption", "models"),
+    hot=("caption",),
+    fast_path=LIMITS.fast_path,
+)
 @bentoml.service(**service_options("vlmops-captioning", LIMITS, timeout_s=300))
 class CaptioningService(ModelService[Captioner]):
     def __init__(self) -> None:

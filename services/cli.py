@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from infra.logs import configure_logging, new_request_id, reset_request_id, set_request_id
 from infra.settings import Settings
 
 
@@ -21,9 +22,11 @@ def _settings() -> Settings:
 @click.option("-v", "--verbose", is_flag=True, help="log at INFO level")
 def main(verbose: bool) -> None:
     """vlmops: serve, track and promote vision-language models."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    configure_logging(_settings().log_format, level=level, root_level=level)
+    # one id for the command: on its log lines, its calls to the services, the jobs it enqueues
+    token = set_request_id(new_request_id())
+    click.get_current_context().call_on_close(lambda: reset_request_id(token))
 
 
 @main.command("train-toy")
@@ -260,7 +263,9 @@ def worker(loglevel: str, queues: str) -> None:
     """Run a Celery worker for the jobs on the configured broker (one job at a time)."""
     from workers.app import app
 
-    app.worker_main(["worker", "-P", "solo", "-c", "1", "-Q", queues, f"--loglevel={loglevel}"])
+    set_request_id(None)  # each job the worker runs has its own
+    quiet = ["--quiet"] if _settings().log_format == "json" else []  # no banner: every line a JSON object
+    app.worker_main([*quiet, "worker", "-P", "solo", "-c", "1", "-Q", queues, f"--loglevel={loglevel}"])
 
 
 @main.command()

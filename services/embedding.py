@@ -63,6 +63,7 @@ MODEL_SECONDS = bentoml.metrics.Histogram(
 @gateway(
     LIMITS,
     SETTINGS.auth,
+    log_format=SETTINGS.log_format,
     read=("embed_text", "embed_image", "classify", "models"),
     hot=("embed_text", "embed_image", "classify"),
     fast_path=LIMITS.fast_path,

@@ -6,6 +6,10 @@
     class EmbeddingService: ...
 
 Every API must be given a scope: a service with an API that has none does not import.
+
+In a ``bentoml serve`` process (its arbiter and each API worker: BentoML configures its server logging,
+then imports the service) the decorator puts the process's logging in ``VLMOPS_LOG_FORMAT``
+(``infra.logs``), BentoML's records included; imported anywhere else it leaves logging alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import psutil
 
 from infra.auth import Scope
 from infra.errors import Misconfigured
+from infra.logs import configure_logging
 from infra.settings import AuthSettings
 from services.fastpath import FastPath
 from services.guard import AuditLog, Guard, Route, key_ring, listening_addresses, quiet_client_errors
@@ -67,6 +72,14 @@ class _GatedService(bentoml.Service[Any]):
         return Guard(app, routes, keys, audit, edge.max_concurrency, edge.max_body_bytes)
 
 
+def bentoml_server_logging() -> bool:
+    """BentoML's server logging is in place: this process is a ``bentoml serve`` arbiter or API worker
+    (``bentoml._internal.log.configure_server_logging`` runs before either imports the service)."""
+    from bentoml._internal.log import TraceRecordFilter
+
+    return any(isinstance(f, TraceRecordFilter) for h in logging.getLogger().handlers for f in h.filters)
+
+
 def refuse_to_start(exc: Misconfigured) -> NoReturn:
     """Stop the whole server, not only this worker (its arbiter would start another, forever)."""
     log.critical("%s", exc)
@@ -85,9 +98,10 @@ def gateway(
     admin: Iterable[str] = (),
     hot: Iterable[str] = (),
     fast_path: bool = True,
+    log_format: str = "text",
 ) -> Callable[[S], S]:
     """Class decorator, above ``@bentoml.service``: every API with its scope; ``hot`` APIs through the
-    fast path (unless it or the access log is off)."""
+    fast path (unless it or the access log is off); logs in ``log_format`` when served."""
     scopes = {
         **dict.fromkeys(read, Scope.read),
         **dict.fromkeys(write, Scope.write),
@@ -106,6 +120,8 @@ def gateway(
             scopes, tuple(hot) if on else (), limits.max_request_bytes, limits.max_concurrency, auth
         )
         service.__class__ = _GatedService
+        if bentoml_server_logging():
+            configure_logging(log_format, service.name)
         return service
 
     return wrap

@@ -23,7 +23,14 @@ GroundingItems = items_of(GroundingItem, LIMITS)
 Groundings = json_list(GroundingOut)
 
 
-@gateway(LIMITS, SETTINGS.auth, read=("ground", "models"), hot=("ground",), fast_path=LIMITS.fast_path)
+@gateway(
+    LIMITS,
+    SETTINGS.auth,
+    log_format=SETTINGS.log_format,
+    read=("ground", "models"),
+    hot=("ground",),
+    fast_path=LIMITS.fast_path,
+)
 @bentoml.service(**service_options("vlmops-grounding", LIMITS, timeout_s=300))
 class GroundingService(ModelService[Grounder]):
     def __init__(self) -> None:

@@ -10,7 +10,12 @@ For each API route, in this order:
 3. **Backpressure.** Over ``max_concurrency`` requests in flight in this worker: 429 with
    ``Retry-After``, so the queue stays bounded and the client backs off.
 4. **Audit.** A call to a ``write`` or ``admin`` route, allowed or not, is one JSON line: key name,
-   operation, target, status, outcome.
+   operation, target, status, outcome, request id.
+
+Every API call has a request id (``infra.logs``): the caller's ``X-Request-ID`` when it is a valid one,
+a fresh one otherwise; it is in every log line the call causes, in every call to another service it
+makes, and in the response's ``X-Request-ID``. A call the gate lets through ends with one
+``vlmops.access`` line (operation, status, milliseconds).
 
 Probes (``/livez``, ``/readyz``), ``/metrics`` and the OpenAPI documents are not API routes and pass
 through untouched. A service bound to a non-loopback address with no keys refuses to start, unless
@@ -39,11 +44,13 @@ from starlette.requests import ClientDisconnect
 
 from infra.auth import KeyRing, Principal, Scope, parse_lines
 from infra.errors import Misconfigured, VlmopsError
+from infra.logs import current_request_id, request_id_from, reset_request_id, set_request_id
 from infra.settings import AuthSettings
 from services.fastpath import ASGIApp, Message, Receive, Send
 from services.fastpath import Scope as AsgiScope
 
 log = logging.getLogger("vlmops.guard")
+access = logging.getLogger("vlmops.access")
 
 OPEN = Principal("-", Scope.admin)  # who calls when auth is off
 REJECTED = bentoml.metrics.Counter(
@@ -100,6 +107,7 @@ class AuditLog:
                 "target": call.target,
                 "status": status,
                 "outcome": outcome(status),
+                "request_id": current_request_id(),
             }
         )
         with self._lock:
@@ -155,7 +163,10 @@ class ClientErrorsAtInfo(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and client_error(exc):
-            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            shown = exc.__cause__ if isinstance(exc.__cause__, VlmopsError) else exc  # NotFound, not BentoML's
+            record.msg = (
+                f"{record.getMessage()}: {type(shown).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
             record.args = None
             record.exc_info = None
             record.exc_text = None
@@ -177,6 +188,30 @@ class Route:
 
 def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
+
+
+@dataclass(slots=True)
+class Asked:
+    """The request headers the gate reads."""
+
+    authorization: bytes | None = None
+    content_type: bytes | None = None
+    length: bytes | None = None
+    request_id: bytes | None = None
+
+    @classmethod
+    def of(cls, scope: AsgiScope) -> Asked:
+        asked = cls()
+        for name, value in scope["headers"]:  # one pass over the headers
+            if name == b"authorization":
+                asked.authorization = value
+            elif name == b"content-type":
+                asked.content_type = value
+            elif name == b"content-length":
+                asked.length = value
+            elif name == b"x-request-id":
+                asked.request_id = value
+        return asked
 
 
 class Guard:
@@ -206,39 +241,51 @@ class Guard:
         if route is None:
             await self.app(scope, receive, send)
             return
-        call = Call("-", route.operation)
-        authorization = content_type = length = None
-        for name, value in scope["headers"]:  # one pass over the headers
-            if name == b"authorization":
-                authorization = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                length = value
+        asked = Asked.of(scope)
+        rid = request_id_from(_text(asked.request_id))
+        token = set_request_id(rid)  # this task's context: what the app runs, in tasks or threads, copies it
         try:
-            principal = OPEN if self.keys is None else self.keys.authenticate(_text(authorization))
+            await self._gate(scope, receive, send, route, asked, [(b"x-request-id", rid.encode())])
+        finally:
+            reset_request_id(token)
+
+    async def _gate(
+        self,
+        scope: AsgiScope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        asked: Asked,
+        echo: list[tuple[bytes, bytes]],
+    ) -> None:
+        """``echo``: the request id's header, on every answer."""
+        call = Call("-", route.operation)
+        content_type, length = asked.content_type, asked.length
+        try:
+            principal = OPEN if self.keys is None else self.keys.authenticate(_text(asked.authorization))
             call.key = principal.name
             principal.require(route.scope, route.operation)
         except VlmopsError as exc:
             challenge = [(b"www-authenticate", b'Bearer realm="vlmops"')] if exc.http_status == 401 else []
-            await self._refuse(send, route, call, exc.http_status, str(exc), challenge)
+            await self._refuse(send, route, call, exc.http_status, str(exc), [*echo, *challenge])
             return
         if content_type is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             message = f"{route.operation} takes a JSON body: send Content-Type: application/json"
-            await self._refuse(send, route, call, 415, message)
+            await self._refuse(send, route, call, 415, message, echo)
             return
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             message = f"the request body is {int(length)} bytes, over the limit of {self.max_body_bytes} bytes"
-            await self._refuse(send, route, call, 413, message)
+            await self._refuse(send, route, call, 413, message, echo)
             return
         if self.in_flight >= self.max_concurrency:
             message = f"{self.max_concurrency} requests are in flight on this worker, its limit: retry later"
-            await self._refuse(send, route, call, 429, message, [(b"retry-after", self.retry_after)], quiet=True)
+            await self._refuse(send, route, call, 429, message, [*echo, (b"retry-after", self.retry_after)], quiet=True)
             return
         self.in_flight += 1
         status = 0  # no answer: the client went away
         received = 0
         too_large = False
+        started = time.perf_counter()
         token = _CALL.set(call)
 
         async def counted() -> Message:
@@ -256,21 +303,30 @@ class Guard:
             if too_large:  # the app's answer to the cut-off body is replaced by the 413
                 if message["type"] == "http.response.start":
                     status = 413
-                    await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes")
+                    await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes", echo)
                 return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", ()), *echo]}
             await send(message)
 
         try:
             await self.app(scope, counted, watch)
             if too_large and status == 0:  # the app gave up on the cut-off body without an answer
                 status = 413
-                await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes")
+                await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes", echo)
         finally:
             _CALL.reset(token)
             self.in_flight -= 1
             self._audit(route, call, status)
+            ms = (time.perf_counter() - started) * 1000
+            access.info(
+                "%s %d %.1f ms",
+                route.operation,
+                status,
+                ms,
+                extra={"operation": route.operation, "status": status, "duration_ms": round(ms, 2)},
+            )
 
     async def _refuse(
         self,

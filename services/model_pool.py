@@ -4,6 +4,10 @@ LRU of versions that requests pinned.
 A promotion or rollback is picked up by the refresher thread: the new version is loaded fully
 before it replaces the old one, so no request fails in between; the old production version moves
 into the LRU, where requests that still pin it find it.
+
+``vlmops_model_loaded{model,version,stage}`` is 1 for each version the pool holds (``stage``:
+``production``, or ``pinned`` for the LRU) and 0 once it has left that stage or been evicted; with
+several worker processes a version counts as loaded while any live one holds it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import bentoml
+
 from infra.errors import NotFound, NotReady
+from infra.metrics import SeriesSet
 from infra.threads import in_fresh_thread
 from registry.families import ModelFamily
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
@@ -23,6 +30,14 @@ from registry.store import PRODUCTION, RegistryStore, VersionInfo
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=ModelFamily)
+PINNED = "pinned"
+LOADED = bentoml.metrics.Gauge(
+    name="vlmops_model_loaded",
+    documentation="1 for each model version this service holds in memory, by stage (production, pinned); "
+    "0 once it is replaced or evicted",
+    labelnames=["model", "version", "stage"],
+    multiprocess_mode="livemax",
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class ModelPool(Generic[M]):
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.on_load: Callable[[Loaded[M]], None] | None = None
+        self._loaded = SeriesSet(LOADED)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -96,6 +112,7 @@ class ModelPool(Generic[M]):
             self._pinned.pop(info.version, None)
             if old is not None:
                 self._remember(old)
+            self._publish()
         log.info("%s production is now version %s (was %s)", self.name, info.version, old and old.version)
         return True
 
@@ -139,6 +156,7 @@ class ModelPool(Generic[M]):
             loaded = self._load(info)
             with self._lock:
                 self._remember(loaded)
+                self._publish()
             return loaded
 
     def loaded_versions(self) -> list[str]:
@@ -153,6 +171,13 @@ class ModelPool(Generic[M]):
         while len(self._pinned) > self._cache_size:
             evicted, _ = self._pinned.popitem(last=False)
             log.info("evicted %s version %s from the cache", self.name, evicted)
+
+    def _publish(self) -> None:
+        """The loaded-versions gauge, from the pool as it is now (under ``_lock``)."""
+        held = {(self.name, version, PINNED): 1.0 for version in self._pinned}
+        if self._production is not None:
+            held[(self.name, self._production.version, PRODUCTION)] = 1.0
+        self._loaded.publish(held)
 
     def _load(self, info: VersionInfo) -> Loaded[M]:
         if info.version not in self._known:

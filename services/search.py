@@ -25,6 +25,7 @@ from infra.catalog_db import CatalogDB
 from infra.clients import EmbeddingClient, Embeddings, ServiceError
 from infra.errors import InvalidInput, Misconfigured, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
+from infra.metrics import SeriesSet
 from infra.settings import Settings
 from infra.uris import UriPolicy
 from infra.vector_index import IndexPoint, open_index
@@ -39,8 +40,15 @@ SETTINGS = Settings()
 LIMITS = SETTINGS.search
 ITEMS = bentoml.metrics.Gauge(
     name="vlmops_collection_items",
-    documentation="items in the live physical collection",
+    documentation="items in the live physical collection (0 for a version it has left)",
     labelnames=["collection", "version"],
+    multiprocess_mode="mostrecent",
+)
+LIVE = bentoml.metrics.Gauge(
+    name="vlmops_collection_live",
+    documentation="1 for the model version that embedded the collection's live items (its queries are "
+    "embedded by it too); 0 for a version it has left",
+    labelnames=["collection", "model", "version"],
     multiprocess_mode="mostrecent",
 )
 REINDEX_FAILURES = bentoml.metrics.Gauge(
@@ -91,6 +99,7 @@ class ResultOut(BaseModel):
 @gateway(
     LIMITS,
     SETTINGS.auth,
+    log_format=SETTINGS.log_format,
     read=("list_collections", "search"),
     write=("create_collection", "ingest"),
     admin=("delete_collection", "start_build", "build_items", "write_build", "finish_build"),
@@ -108,6 +117,7 @@ class SearchService:
         index = open_index(SETTINGS)
         self.catalog = Catalog(CatalogDB(SETTINGS.catalog_uri), index, BlobStore(SETTINGS.blob_uri))
         self.catalog.migrate_json(SETTINGS.home.resolve() / "catalog")  # the file catalog of earlier releases
+        self.series = {gauge: SeriesSet(gauge) for gauge in (ITEMS, LIVE, REINDEX_FAILURES, REINDEX_ACTIVE)}
         self.refresh_metrics()
         # drops replaced collections, refreshes the catalog gauges
         self.janitor = Janitor(
@@ -121,11 +131,14 @@ class SearchService:
         self.uris = UriPolicy(LIMITS.ingest_uri_prefixes, LIMITS.ingest_uri_hosts)
 
     def refresh_metrics(self) -> None:
-        for row in self.catalog.status():
-            ITEMS.labels(collection=row["name"], version=row["version"]).set(row["count"])
-            job = row["reindex"] or {}
-            REINDEX_FAILURES.labels(collection=row["name"]).set(job.get("failures", 0))
-            REINDEX_ACTIVE.labels(collection=row["name"]).set(int(job.get("state") in ("queued", "running")))
+        """The catalog gauges (from the janitor's thread); a version or collection gone is set to 0."""
+        rows = self.catalog.status()
+        jobs = {row["name"]: row["reindex"] or {} for row in rows}
+        self.series[ITEMS].publish({(row["name"], row["version"]): row["count"] for row in rows})
+        self.series[LIVE].publish({(row["name"], row["model"], row["version"]): 1 for row in rows})
+        self.series[REINDEX_FAILURES].publish({(name,): job.get("failures", 0) for name, job in jobs.items()})
+        running = {(name,): int(job.get("state") in ("queued", "running")) for name, job in jobs.items()}
+        self.series[REINDEX_ACTIVE].publish(running)
 
     # ------------------------------------------------------------------ embedding, version-pinned
     def _checked(self, version: str, got: list[str]) -> None:

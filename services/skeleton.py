@@ -47,6 +47,13 @@ QUEUE_SECONDS = bentoml.metrics.Histogram(
     labelnames=["service", "operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+MODEL_SECONDS = bentoml.metrics.Histogram(
+    name="vlmops_model_seconds",
+    documentation="time the model thread spent on a batch (with loading a pinned version not yet in memory), "
+    "by service and operation",
+    labelnames=["service", "operation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 
 
 def running_service() -> RequestHooks | None:
@@ -170,6 +177,7 @@ class ModelService(Generic[M]):
         op = getattr(stats.op, "__name__", str(stats.op)).lstrip("_")
         BATCH_SIZE.labels(service=type(self).__name__, operation=op).observe(stats.size)
         QUEUE_SECONDS.labels(service=type(self).__name__, operation=op).observe(stats.queue_s)
+        MODEL_SECONDS.labels(service=type(self).__name__, operation=op).observe(stats.run_s)
 
     def shutdown(self) -> None:
         self.batcher.stop()

@@ -23,7 +23,14 @@ QuestionItems = items_of(QuestionItem, LIMITS)
 Answers = json_list(AnswerOut)
 
 
-@gateway(LIMITS, SETTINGS.auth, read=("answer", "models"), hot=("answer",), fast_path=LIMITS.fast_path)
+@gateway(
+    LIMITS,
+    SETTINGS.auth,
+    log_format=SETTINGS.log_format,
+    read=("answer", "models"),
+    hot=("answer",),
+    fast_path=LIMITS.fast_path,
+)
 @bentoml.service(**service_options("vlmops-vqa", LIMITS, timeout_s=300))
 class VQAService(ModelService[VQAModel]):
     def __init__(self) -> None:

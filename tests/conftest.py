@@ -98,14 +98,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistrySt
 
 
 @contextmanager
-def search_stack(home: Path, model: ClipModel, name: str = "vlmops-clip") -> Iterator[tuple[RegistryStore, str, str]]:
-    """``model`` registered as production of ``name``; embedding and search services running on ``home``.
-    Yields (registry, embedding URL, search URL)."""
+def search_stack(
+    home: Path, model: ClipModel, name: str = "vlmops-clip", env: dict[str, str] | None = None
+) -> Iterator[tuple[RegistryStore, str, str]]:
+    """``model`` registered as production of ``name``; embedding and search services running on ``home``
+    (with ``env`` besides). Yields (registry, embedding URL, search URL)."""
     from infra.process import ServiceProcess
 
     store = RegistryStore.from_settings(make_settings(home))
     store.promote(name, store.register(name, model).version)
-    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000"}
+    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000", **(env or {})}
     with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
         env["VLMOPS_SEARCH__EMBEDDING_URL"] = emb.url
         with ServiceProcess("search", env=env, log_path=home / "search.log") as search:

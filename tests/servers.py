@@ -1,13 +1,18 @@
 """Real backing servers for the tests that cross machines: an ``mlflow server`` process with a
-PostgreSQL backend store and the artifact proxy."""
+PostgreSQL backend store and the artifact proxy; and a stand-in service that records what it is sent."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from infra.process import free_port, terminate_group, wait_http
 
@@ -39,3 +44,38 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]
         yield url
     finally:
         terminate_group(proc, 20)
+
+
+@dataclass
+class Recorded:
+    url: str
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (path, headers lower-cased)
+
+
+@contextmanager
+def recording_server(answer: Any) -> Iterator[Recorded]:
+    """An HTTP server on a free port that answers every POST with ``answer`` as JSON and records each
+    request's path and headers (a service stand-in for what its callers send)."""
+    body = json.dumps(answer).encode()
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Recorded(f"http://127.0.0.1:{server.server_port}", seen)
+    finally:
+        server.shutdown()
+        server.server_close()

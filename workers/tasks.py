@@ -14,6 +14,7 @@ from infra.settings import Settings
 from infra.uris import UriPolicy
 from registry.store import PRODUCTION, RegistryStore
 from workers.app import app
+from workers.metrics import JobItems
 from workers.pipelines.ingest import run_ingest
 from workers.pipelines.reindex import run_reindex
 from workers.reconcile import reconciler, record_end, record_start
@@ -32,11 +33,15 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
         version = RegistryStore.from_settings(settings).by_alias(model, PRODUCTION).version
     db = CatalogDB(settings.catalog_uri)
     record_start(db, collection, version, str(self.request.id))
+    counted = JobItems(self.name, collection)
 
     def progress(done: int, stage: str) -> None:
-        self.update_state(state="PROGRESS", meta={"done": done, "stage": stage, "version": version})
+        counted(done)
+        meta = {"done": done, "total": counted.expected, "stage": stage, "version": version}
+        self.update_state(state="PROGRESS", meta=meta)
 
     try:
+        counted.expect(int(search.collection(collection)["count"]))
         result = run_reindex(
             collection,
             version,
@@ -55,6 +60,7 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
     else:
         record_end(db, collection, None, settings.worker)
     finally:
+        counted.end()
         search.close()
         db.close()
     return asdict(result)
@@ -71,8 +77,10 @@ def ingest(self: Task, collection: str, uris: list[str]) -> dict[str, Any]:
     """Bulk ingest of images at ``uris`` into ``collection``: the worker reads them, within the same rules
     as the search service (``VLMOPS_SEARCH__INGEST_URI_PREFIXES`` / ``_HOSTS``), and sends the bytes."""
     settings = Settings()
+    counted = JobItems(self.name, collection)
 
     def progress(done: int, stage: str) -> None:
+        counted(done)
         self.update_state(state="PROGRESS", meta={"done": done, "total": len(uris), "stage": stage})
 
     search = search_client(settings)

@@ -1,4 +1,5 @@
-"""The service client backs off on 429 / 503 within its deadline, and sends its key."""
+"""The service client backs off on 429 / 503 within its deadline, and sends its key and the current request
+id."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from infra.clients import ServiceError, ServiceHTTP, retry_wait
+from infra.logs import request_context
+from tests.servers import recording_server
 
 
 class Flaky(http.server.BaseHTTPRequestHandler):
@@ -76,3 +79,12 @@ def test_backoff_is_jittered_and_bounded() -> None:
     assert all(0 <= w <= 5.0 for w in waits) and len(set(waits)) > 100  # random, capped at 5 s
     Resp.headers = {"retry-after": "2"}
     assert all(1.0 <= retry_wait(Resp(), 0) <= 2.0 for _ in range(50))  # type: ignore[arg-type]
+
+
+def test_passes_on_the_request_id_it_is_called_under() -> None:
+    with recording_server({}) as svc:
+        client = ServiceHTTP(svc.url, timeout=10)
+        client.post("/outside", {})
+        with request_context("req-77"):
+            client.post("/inside", {})
+    assert [(path, h.get("x-request-id")) for path, h in svc.requests] == [("/outside", None), ("/inside", "req-77")]

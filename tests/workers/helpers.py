@@ -49,23 +49,28 @@ def ensure_redis() -> None:
     pytest.skip("Redis did not start")
 
 
-def start_worker(env: dict[str, str], log: Path, queues: str | None = None) -> subprocess.Popen[bytes]:
-    """A real Celery worker (``queues``: e.g. "celery" or "train"; default: both)."""
-    celery = str(Path(sys.executable).with_name("celery"))
-    cmd = [
-        celery,
-        "-A",
-        "workers.app",
-        "worker",
-        "-P",
-        "solo",
-        "-c",
-        "1",
-        "--loglevel=INFO",
-        "-n",
-        f"w{uuid.uuid4().hex[:6]}@%h",
-        *(["-Q", queues] if queues else []),
-    ]
+def start_worker(
+    env: dict[str, str], log: Path, queues: str | None = None, vlmops: bool = False
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker (``queues``: e.g. "celery" or "train"; default: both); ``vlmops``: started as
+    ``vlmops worker`` (as a deployment starts it) rather than with ``celery worker``."""
+    if vlmops:
+        cmd = [str(Path(sys.executable).with_name("vlmops")), "worker", "--queues", queues or "celery,train"]
+    else:
+        cmd = [
+            str(Path(sys.executable).with_name("celery")),
+            "-A",
+            "workers.app",
+            "worker",
+            "-P",
+            "solo",
+            "-c",
+            "1",
+            "--loglevel=INFO",
+            "-n",
+            f"w{uuid.uuid4().hex[:6]}@%h",
+            *(["-Q", queues] if queues else []),
+        ]
     return subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
     )  # noqa: SIM115
