@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 K8S_VENV := .venv-k8s
 K8S_STAMP := $(K8S_VENV)/.installed
 
-.PHONY: setup demo test lint bench serve k8s k8s-tools clean
+.PHONY: setup demo test lint bench serve k8s k8s-tools images push lock clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,35 @@ $(K8S_STAMP):
 # render, validate and check the overlays (what the tests in tests/k8s do)
 k8s: setup k8s-tools
 	$(BIN)/python -m pytest -q tests/k8s
+
+# the two images (Dockerfile targets cpu and gpu), tagged with pyproject.toml's version; stdout: the tags.
+# Builds them where a Docker engine answers, otherwise only prints the tags. Needs no venv.
+REGISTRY ?= ghcr.io/vlmops
+VERSION ?= $(shell sed -n '/^\[project\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' pyproject.toml)
+DOCKER ?= docker
+IMAGE_TARGETS := cpu gpu
+
+images:
+	@if $(DOCKER) info > /dev/null 2>&1; then \
+	  for t in $(IMAGE_TARGETS); do \
+	    $(DOCKER) build --platform linux/amd64 --target $$t --build-arg VERSION=$(VERSION) \
+	      -t $(REGISTRY)/vlmops-$$t:$(VERSION) . >&2 || exit 1; \
+	  done; \
+	else \
+	  echo "make images: no Docker engine answers here, so nothing is built; where one runs:" >&2; \
+	  for t in $(IMAGE_TARGETS); do \
+	    echo "  docker build --platform linux/amd64 --target $$t --build-arg VERSION=$(VERSION) -t $(REGISTRY)/vlmops-$$t:$(VERSION) ." >&2; \
+	  done; \
+	fi
+	@for t in $(IMAGE_TARGETS); do echo $(REGISTRY)/vlmops-$$t:$(VERSION); done
+
+push: images
+	@$(DOCKER) info > /dev/null 2>&1 || { echo "make push: no Docker engine answers here" >&2; exit 1; }
+	@for t in $(IMAGE_TARGETS); do $(DOCKER) push $(REGISTRY)/vlmops-$$t:$(VERSION) >&2 || exit 1; done
+
+# requirements.lock and requirements-cuda.lock, resolved afresh from pyproject.toml (docker/lock.py)
+lock:
+	$(PYTHON) docker/lock.py
 
 clean:
 	rm -rf $(VENV) $(K8S_VENV) .vlmops .pytest_cache .ruff_cache
