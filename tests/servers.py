@@ -46,6 +46,15 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]
         terminate_group(proc, 20)
 
 
+def reply_json(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
+    """Answer an ``http.server`` request with a JSON body (``headers``: extra ones, e.g. Retry-After)."""
+    handler.send_response(status)
+    for name, value in {**headers, "content-type": "application/json", "content-length": str(len(body))}.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @dataclass
 class Recorded:
     url: str
@@ -63,11 +72,7 @@ def recording_server(answer: Any) -> Iterator[Recorded]:
         def do_POST(self) -> None:  # noqa: N802
             self.rfile.read(int(self.headers.get("content-length", 0)))
             seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, 200, body)
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -14,7 +14,7 @@ import pytest
 
 from infra.clients import ServiceError, ServiceHTTP, retry_wait
 from infra.logs import request_context
-from tests.servers import recording_server
+from tests.servers import recording_server, reply_json
 
 
 class Flaky(http.server.BaseHTTPRequestHandler):
@@ -29,17 +29,10 @@ class Flaky(http.server.BaseHTTPRequestHandler):
         Flaky.seen.append((time.monotonic(), self.headers.get("authorization")))
         if Flaky.busy > 0:
             Flaky.busy -= 1
-            self.send_response(Flaky.status)
-            if Flaky.status == 429:
-                self.send_header("Retry-After", "0")
-            body = json.dumps([{"error": "busy"}]).encode()
+            retry = {"Retry-After": "0"} if Flaky.status == 429 else {}
+            reply_json(self, Flaky.status, json.dumps([{"error": "busy"}]).encode(), **retry)
         else:
-            self.send_response(200)
-            body = json.dumps({"tries": len(Flaky.seen)}).encode()
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            reply_json(self, 200, json.dumps({"tries": len(Flaky.seen)}).encode())
 
     def log_message(self, *args: Any) -> None:
         pass
