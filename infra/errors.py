@@ -45,6 +45,12 @@ class Overloaded(VlmopsError):
     http_status = 503
 
 
+class DeadlineExceeded(VlmopsError):
+    """The caller's deadline passed before the work could start (it never reached the model)."""
+
+    http_status = 504
+
+
 class Conflict(InvalidInput):
     """The request is valid but clashes with the resource's state (a collection that exists, a build of
     another version already running)."""

@@ -26,6 +26,11 @@ SERVICES: dict[str, str] = {
 }
 
 
+def grpc_port_variable(name: str) -> str:
+    """The setting of a service's gRPC port: ``VLMOPS_<SERVICE>__GRPC_PORT``."""
+    return f"VLMOPS_{name.upper()}__GRPC_PORT"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,11 +106,17 @@ class ServiceProcess:
         log_path: Path | None = None,
         ready_timeout_s: float = 180.0,
         host: str = "127.0.0.1",
+        grpc_port: int | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
+        # a port of its own unless ``env`` names one: two servers on one port would share it (SO_REUSEPORT)
+        grpc_var = grpc_port_variable(name)
+        if grpc_port is not None or grpc_var not in (env or {}):
+            self.env[grpc_var] = str(grpc_port if grpc_port is not None else free_port())
+        self.grpc_port = int(self.env[grpc_var])
         self._own_home: Path | None = None
         if "BENTOML_HOME" not in (env or {}):
             self._own_home = Path(tempfile.mkdtemp(prefix=f"bentoml-{name}-"))
@@ -117,6 +128,11 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of its gRPC server (empty when it serves none: port 0)."""
+        return f"127.0.0.1:{self.grpc_port}" if self.grpc_port else ""
 
     def start(self) -> ServiceProcess:
         self.launch()

@@ -16,7 +16,39 @@ from pydantic_settings import (
 SECRETS_DIR_ENV = "VLMOPS_SECRETS_DIR"
 
 
-class ServiceSettings(BaseModel):
+class GrpcSettings(BaseModel):
+    """The gRPC port every service process serves beside HTTP (``VLMOPS_<SERVICE>__GRPC_*``; services/rpc)."""
+
+    grpc_port: int = Field(
+        50051,
+        ge=0,
+        le=65535,
+        description="the gRPC port (each API worker binds it, SO_REUSEPORT); 0: no gRPC. Defaults: embedding "
+        "50051, captioning 50052, vqa 50053, grounding 50054, search 50055",
+    )
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest gRPC message received or sent (over it: RESOURCE_EXHAUSTED)"
+    )
+    grpc_max_stream_items: int = Field(
+        100_000, ge=1, description="items in one streaming call (EmbedTextStream, EmbedImageStream, IngestStream)"
+    )
+    grpc_keepalive_s: float = Field(
+        60.0, gt=0, description="the server pings a connection idle this long, and drops it unanswered"
+    )
+    grpc_keepalive_timeout_s: float = Field(20.0, gt=0, description="how long a keepalive ping may go unanswered")
+    grpc_min_client_ping_s: float = Field(
+        10.0, gt=0, description="clients may ping no more often than this (more often: the connection is closed)"
+    )
+    grpc_max_connection_age_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="connections are closed gracefully after this long, so clients spread over new replicas; "
+        "unset: never",
+    )
+    grpc_grace_s: float = Field(10.0, ge=0, description="on shutdown, how long calls in flight may finish")
+
+
+class ServiceSettings(GrpcSettings):
     """What every model service has (``VLMOPS_<SERVICE>__*``)."""
 
     model_name: str = "vlmops-model"
@@ -61,6 +93,7 @@ class EmbeddingSettings(ServiceSettings):
     """The embedding service (``VLMOPS_EMBEDDING__*``)."""
 
     model_name: str = "vlmops-clip"
+    grpc_port: int = Field(50051, ge=0, le=65535)
     max_batch_size: int = Field(64, ge=1)
     max_labels: int = Field(256, ge=1)
     decode_threads: int = Field(2, ge=1)
@@ -71,6 +104,7 @@ class CaptioningSettings(ServiceSettings):
     """The captioning service (``VLMOPS_CAPTIONING__*``)."""
 
     model_name: str = "vlmops-captioner"
+    grpc_port: int = Field(50052, ge=0, le=65535)
     max_new_tokens: int = Field(64, ge=1, description="upper bound a request may ask for")
     max_beams: int = Field(5, ge=1)
 
@@ -79,6 +113,7 @@ class VQASettings(ServiceSettings):
     """The VQA service (``VLMOPS_VQA__*``)."""
 
     model_name: str = "vlmops-vqa"
+    grpc_port: int = Field(50053, ge=0, le=65535)
     max_new_tokens: int = Field(32, ge=1)
     max_text_chars: int = Field(512, ge=1)
 
@@ -87,13 +122,15 @@ class GroundingSettings(ServiceSettings):
     """The grounding service (``VLMOPS_GROUNDING__*``)."""
 
     model_name: str = "vlmops-grounder"
+    grpc_port: int = Field(50054, ge=0, le=65535)
     max_queries: int = Field(32, ge=1, description="text queries per image")
     max_text_chars: int = Field(256, ge=1)
 
 
-class SearchSettings(BaseModel):
+class SearchSettings(GrpcSettings):
     """The search service (``VLMOPS_SEARCH__*``)."""
 
+    grpc_port: int = Field(50055, ge=0, le=65535)
     embedding_url: str = Field("http://127.0.0.1:3000", description="the embedding service that embeds queries")
     default_model: str = "vlmops-clip"
     max_items: int = Field(256, ge=1, description="images in one ingest request")

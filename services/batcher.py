@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.errors import Overloaded
+from infra.errors import DeadlineExceeded, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class _Request:
     items: list[Any]
     future: asyncio.Future[list[Any]]
     loop: asyncio.AbstractEventLoop
+    deadline: float | None = None  # time.monotonic() after which the caller no longer wants the answer
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -114,10 +115,12 @@ class Batcher:
         self._thread.start()
 
     # ------------------------------------------------------------------ event-loop side
-    async def submit(self, op: Hashable, key: Hashable, items: list[Any]) -> list[Any]:
-        """Queue ``items`` of one request; their results, in order, once their batch has run."""
+    async def submit(self, op: Hashable, key: Hashable, items: list[Any], deadline: float | None = None) -> list[Any]:
+        """Queue ``items`` of one request; their results, in order, once their batch has run. ``deadline``
+        (``time.monotonic()``): a request still queued then never reaches the model and fails with
+        :class:`DeadlineExceeded` (a gRPC client's deadline)."""
         loop = asyncio.get_running_loop()
-        request = _Request(op, key, items, loop.create_future(), loop)
+        request = _Request(op, key, items, loop.create_future(), loop, deadline)
         with self._cond:
             if self._stopped:
                 raise Overloaded("the service is shutting down")
@@ -179,7 +182,8 @@ class Batcher:
     def _take(self) -> list[_Request]:
         """The oldest live request and the waiting ones of its (op, key), up to ``max_batch_size`` items.
 
-        Requests whose client went away are dropped; those queued past ``max_latency_ms`` are shed."""
+        Requests whose client went away are dropped; those past their deadline fail without running; those
+        queued past ``max_latency_ms`` are shed."""
         now = time.monotonic()
         batch: list[_Request] = []
         rest: deque[_Request] = deque()
@@ -188,6 +192,12 @@ class Batcher:
             if request.future.done():
                 continue
             waited = now - request.enqueued
+            if request.deadline is not None and now >= request.deadline:
+                late = DeadlineExceeded(
+                    f"the deadline passed after {waited * 1000:.0f} ms in the queue, before the model"
+                )
+                _answer([(request, late)])
+                continue
             if waited > self._max_queue_s:
                 shed = Overloaded(
                     f"the request waited {waited * 1000:.0f} ms in the queue, over the limit of "

@@ -13,6 +13,7 @@ from infra.settings import Settings
 from registry.families.captioning import Captioner, GenerationParams
 from services.gateway import gateway
 from services.model_pool import Loaded
+from services.rpc.vision import CaptioningRpc, servicers
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import CaptionOut, caption_item, per_params
 
@@ -30,6 +31,7 @@ Captions = json_list(CaptionOut)
     read=("caption", "models"),
     hot=("caption",),
     fast_path=LIMITS.fast_path,
+    grpc=servicers(CaptioningRpc, CaptionItem, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-captioning", LIMITS, timeout_s=300))
 class CaptioningService(ModelService[Captioner]):

@@ -182,15 +182,22 @@ def models_rollback(name: str, reason: str, reindex: bool) -> None:
 @main.command()
 @click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding", "search"]))
 @click.option("--port", default=3000, show_default=True)
+@click.option("--grpc-port", type=int, default=None, help="default: VLMOPS_<SERVICE>__GRPC_PORT; 0: no gRPC")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0: every address (needs API keys)")
-def serve(service: str, port: int, host: str) -> None:
-    """Start a service (``bentoml serve`` of its module) in the foreground.
+def serve(service: str, port: int, grpc_port: int | None, host: str) -> None:
+    """Start a service (``bentoml serve`` of its module) in the foreground: HTTP on PORT, gRPC on GRPC_PORT.
 
     On an address other than loopback it needs API keys (VLMOPS_AUTH__KEYS) or VLMOPS_AUTH__DISABLED=true."""
-    from infra.process import serve_command
+    from infra.process import grpc_port_variable, serve_command
     from services.guard import key_ring
 
-    key_ring(_settings().auth, [host], service)  # refuse now, with the reason, rather than in each worker
+    settings = _settings()
+    key_ring(settings.auth, [host], service)  # refuse now, with the reason, rather than in each worker
+    if grpc_port is not None:
+        os.environ[grpc_port_variable(service)] = str(grpc_port)
+        settings = _settings()
+    rpc = getattr(settings, service).grpc_port
+    click.echo(f"{service}: http://{host}:{port}" + (f"  grpc {host}:{rpc}" if rpc else "  (no gRPC)"), err=True)
     cmd = serve_command(service, port, host)
     os.execv(cmd[0], cmd)
 
@@ -198,8 +205,9 @@ def serve(service: str, port: int, host: str) -> None:
 @main.command()
 @click.option("--services", default=None, help="comma-separated names; default: VLMOPS_UP_SERVICES")
 @click.option("--port", default=3000, show_default=True, help="first port; services take consecutive ports")
+@click.option("--grpc-port", default=50051, show_default=True, help="first gRPC port; consecutive too; 0: no gRPC")
 @click.option("--worker/--no-worker", default=True, help="also run a Celery worker for the jobs")
-def up(services: str | None, port: int, worker: bool) -> None:
+def up(services: str | None, port: int, grpc_port: int, worker: bool) -> None:
     """Start the model services on this machine, each a real server process; Ctrl-C stops them all."""
     import signal
     import time
@@ -220,7 +228,10 @@ def up(services: str | None, port: int, worker: bool) -> None:
         )
     if "search" in ports:
         env["VLMOPS_WORKER__SEARCH_URL"] = f"http://127.0.0.1:{ports['search']}"
-    procs = [ServiceProcess(n, port=ports[n], env=env, log_path=home / f"{n}.log") for n in names]
+    procs = [
+        ServiceProcess(n, port=ports[n], env=env, log_path=home / f"{n}.log", grpc_port=grpc_port and grpc_port + i)
+        for i, n in enumerate(names)
+    ]
     workers = []
 
     def stop(*_: object) -> None:
@@ -238,8 +249,10 @@ def up(services: str | None, port: int, worker: bool) -> None:
             click.echo(f"{'worker':<11} celery (logs: {home / 'worker.log'})")
         for proc in procs:
             proc.wait_live()
+            rpc = f"grpc {proc.grpc_target}" if proc.grpc_target else "no gRPC"
             click.echo(
-                f"{proc.name:<11} {proc.url}  (logs: {proc.log_path}; ready once its model has a production version)"
+                f"{proc.name:<11} {proc.url}  {rpc}  (logs: {proc.log_path}; ready once its model has a production "
+                "version)"
             )
         while all(p.proc is not None and p.proc.poll() is None for p in procs):
             time.sleep(0.5)
@@ -266,73 +279,6 @@ def worker(loglevel: str, queues: str) -> None:
     set_request_id(None)  # each job the worker runs has its own
     quiet = ["--quiet"] if _settings().log_format == "json" else []  # no banner: every line a JSON object
     app.worker_main([*quiet, "worker", "-P", "solo", "-c", "1", "-Q", queues, f"--loglevel={loglevel}"])
-
-
-@main.command()
-@click.argument("collection")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--create", is_flag=True, help="create the collection first")
-@click.option("--batch", default=32, show_default=True)
-def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int) -> None:
-    """Ingest image files (or folders of them) into COLLECTION through the search service."""
-    from tqdm import tqdm
-
-    from infra.clients import search_client
-    from infra.images import to_base64
-
-    search = search_client(_settings())
-    if create:
-        search.post("/collections/create", name=collection)
-    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
-    with tqdm(total=len(files), desc=f"ingesting into {collection}", unit="img") as bar:
-        for start in range(0, len(files), batch):
-            chunk = files[start : start + batch]
-            items = [{"image": to_base64(f.read_bytes()), "payload": {"file": f.name}} for f in chunk]
-            out = search.post("/ingest", collection=collection, items=items)
-            bar.update(len(chunk))
-    click.echo(f"{collection}: {out['count']} items")
-
-
-@main.command()
-@click.argument("collection")
-@click.argument("query")
-@click.option("--image", is_flag=True, help="QUERY is an image file")
-@click.option("--top-k", default=10, show_default=True)
-def search(collection: str, query: str, image: bool, top_k: int) -> None:
-    """Search COLLECTION by text (or by an image file with --image)."""
-    from infra.clients import search_client
-    from infra.images import to_base64
-
-    body = {"image": to_base64(Path(query).read_bytes())} if image else {"text": query}
-    hits = search_client(_settings()).post("/search", collection=collection, top_k=top_k, **body)
-    for h in hits:
-        click.echo(f"{h['score']:.4f}  v{h['version']}  {h['id']}  {json.dumps(h['payload'])}  {h['blob_uri']}")
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def collections(as_json: bool) -> None:
-    """The collections: model, live version, items, a running build, and the last reindex (failures too)."""
-    import time
-
-    from infra.clients import search_client
-
-    rows = search_client(_settings()).collections()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'collection':<24} {'model':<20} {'version':>7} {'items':>8}  reindex")
-    for r in rows:
-        job = r.get("reindex") or {}
-        state = job.get("state", "-")
-        if state in ("queued", "running"):
-            state = f"{state} to v{job['version']} ({job['task_id']})"
-        elif state == "failed":
-            wait = max(0.0, (job.get("next_attempt_at") or 0) - time.time())
-            state = f"FAILED x{job['failures']} to v{job['version']}, retry in {wait:.0f} s: {job.get('error')}"
-        elif state == "succeeded":
-            state = f"done (v{job['version']})"
-        click.echo(f"{r['name']:<24} {r['model']:<20} {r['version']:>7} {r['count']:>8}  {state}")
 
 
 @main.command()
@@ -365,10 +311,11 @@ def demo(seed: int, finetune: bool) -> None:
 
 
 def _add_commands() -> None:
+    from services.cli_data import collections, ingest, search
     from services.cli_keys import keys
     from services.cli_train import datasets, eval_cmd, finetune
 
-    for command in (datasets, finetune, eval_cmd, keys):
+    for command in (datasets, finetune, eval_cmd, keys, ingest, search, collections):
         main.add_command(command)
 
 

@@ -26,6 +26,8 @@ from registry.store import VersionInfo
 from services.gateway import gateway
 from services.items import Prepared
 from services.model_pool import Loaded
+from services.rpc import wire
+from services.rpc.embedding import servicers
 from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, embedding_json
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 
@@ -67,6 +69,7 @@ MODEL_SECONDS = bentoml.metrics.Histogram(
     read=("embed_text", "embed_image", "classify", "models"),
     hot=("embed_text", "embed_image", "classify"),
     fast_path=LIMITS.fast_path,
+    grpc=servicers(SCHEMAS, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-embedding", LIMITS))
 class EmbeddingService(ModelService[ClipModel]):
@@ -128,27 +131,35 @@ class EmbeddingService(ModelService[ClipModel]):
         return await self.respond(items, self._classify)
 
     # ------------------------------------------------------------------ batches (model thread)
+    def _answers(
+        self, loaded: Loaded[ClipModel], vectors: torch.Tensor, group: list[Any], truncated: list[bool] | None = None
+    ) -> list[bytes]:
+        """Per item, its answer's bytes: :class:`TextEmbedding` / :class:`ImageEmbedding` JSON for an HTTP
+        item, the protobuf message for a gRPC one (``services.rpc.wire``)."""
+        name, version = self._name(loaded), loaded.version
+        ref = wire.model_ref(name, version)
+        cut = truncated or [False] * len(group)
+        out = []
+        for v, t, it in zip(vectors.cpu().numpy(), cut, group, strict=True):
+            if it.wire == "grpc":
+                out.append(wire.embedding(v, ref, t))
+            elif truncated is None:
+                out.append(embedding_json(v, it.encoding, model=name, version=version))
+            else:
+                out.append(embedding_json(v, it.encoding, model=name, version=version, truncated=t))
+        return out
+
     def _embed_text(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[bytes]:
-        """:class:`TextEmbedding` JSON per item."""
         with MODEL_SECONDS.labels(operation="embed_text").time():
             vectors, truncated = loaded.model.encode_text([it.text for it in group])
         ITEMS_TOTAL.labels(operation="embed_text", version=loaded.version).inc(len(group))
-        name, version = self._name(loaded), loaded.version
-        return [
-            embedding_json(v, it.encoding, model=name, version=version, truncated=t)
-            for v, t, it in zip(vectors.cpu().numpy(), truncated, group, strict=True)
-        ]
+        return self._answers(loaded, vectors, group, list(truncated))
 
     def _embed_image(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[bytes]:
-        """:class:`ImageEmbedding` JSON per item."""
         with MODEL_SECONDS.labels(operation="embed_image").time():
             vectors = loaded.model.encode_pixels(self._pixels(loaded.model, group))
         ITEMS_TOTAL.labels(operation="embed_image", version=loaded.version).inc(len(group))
-        name, version = self._name(loaded), loaded.version
-        return [
-            embedding_json(v, it.encoding, model=name, version=version)
-            for v, it in zip(vectors.cpu().numpy(), group, strict=True)
-        ]
+        return self._answers(loaded, vectors, group)
 
     def _classify(self, loaded: Loaded[ClipModel], group: list[Any]) -> list[Classification]:
         model = loaded.model

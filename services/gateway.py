@@ -1,9 +1,12 @@
 """``@gateway(...)``: the ASGI app of a vlmops service, its APIs each with a scope, behind the
-:class:`~services.guard.Guard`, the item APIs through the :class:`~services.fastpath.FastPath`.
+:class:`~services.guard.Guard`, the item APIs through the :class:`~services.fastpath.FastPath`; and its
+gRPC server (``services.rpc.server``) started and stopped with the app, sharing the gate's keys and cap.
 
-    @gateway(LIMITS, SETTINGS.auth, read=("embed_text", "models"), hot=("embed_text",))
+    @gateway(LIMITS, SETTINGS.auth, read=("embed_text", "models"), hot=("embed_text",), grpc=servicers)
     @bentoml.service(...)
     class EmbeddingService: ...
+
+``grpc(instance, edge)`` gives the service's gRPC servicers, made once BentoML has made the instance.
 
 Every API must be given a scope: a service with an API that has none does not import.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -30,15 +33,20 @@ from infra.logs import configure_logging
 from infra.settings import AuthSettings
 from services.fastpath import FastPath
 from services.guard import AuditLog, Guard, Route, key_ring, listening_addresses, quiet_client_errors
+from services.rpc.edge import GrpcEdge, Servicer
+from services.rpc.server import GrpcLifespan, GrpcLimits, GrpcServer
 
 S = TypeVar("S", bound=bentoml.Service[Any])
 log = logging.getLogger("vlmops.guard")
 
 
-class EdgeLimits(Protocol):
+class EdgeLimits(GrpcLimits, Protocol):
     max_concurrency: int
     max_request_bytes: int
     access_log: bool
+
+
+Servicers = Callable[[Any, GrpcEdge], Sequence[Servicer]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class Edge:
     max_body_bytes: int
     max_concurrency: int
     auth: AuthSettings
+    limits: EdgeLimits
+    grpc: Servicers | None
 
 
 class _GatedService(bentoml.Service[Any]):
@@ -63,13 +73,33 @@ class _GatedService(bentoml.Service[Any]):
             app = FastPath(app, self, edge.hot, edge.max_body_bytes)
         quiet_client_errors()
         # the listening socket is already open in this worker process (inherited from the arbiter)
+        hosts = listening_addresses()
         try:
-            keys = key_ring(edge.auth, listening_addresses(), self.name)
+            keys = key_ring(edge.auth, hosts, self.name)
         except Misconfigured as exc:
             refuse_to_start(exc)
         routes = {self.apis[name].route: Route(name, scope) for name, scope in edge.scopes.items()}
         audit = AuditLog(edge.auth.audit_log, self.name)
-        return Guard(app, routes, keys, audit, edge.max_concurrency, edge.max_body_bytes)
+        guard = Guard(app, routes, keys, audit, edge.max_concurrency, edge.max_body_bytes)
+        make = edge.grpc
+        if make is None or not edge.limits.grpc_port:
+            return guard
+        server: list[GrpcServer] = []
+
+        async def start() -> None:
+            instance = bentoml.get_current_service()
+            servicers = make(instance, GrpcEdge(keys, guard, audit))
+            ready = getattr(instance, "__is_ready__", lambda: True)
+            grpc_server = GrpcServer(edge.limits, servicers, ready, hosts)
+            bound = await grpc_server.start()
+            server.append(grpc_server)
+            log.info("%s: gRPC on %s (%s)", self.name, ", ".join(bound), ", ".join(grpc_server.names))
+
+        async def stop() -> None:
+            for s in server:
+                await s.stop()
+
+        return GrpcLifespan(guard, start, stop)
 
 
 def bentoml_server_logging() -> bool:
@@ -99,9 +129,11 @@ def gateway(
     hot: Iterable[str] = (),
     fast_path: bool = True,
     log_format: str = "text",
+    grpc: Servicers | None = None,
 ) -> Callable[[S], S]:
     """Class decorator, above ``@bentoml.service``: every API with its scope; ``hot`` APIs through the
-    fast path (unless it or the access log is off); logs in ``log_format`` when served."""
+    fast path (unless it or the access log is off); logs in ``log_format`` when served; ``grpc``: the
+    servicers of its gRPC port (``limits.grpc_port``, 0: none)."""
     scopes = {
         **dict.fromkeys(read, Scope.read),
         **dict.fromkeys(write, Scope.write),
@@ -117,7 +149,7 @@ def gateway(
             raise ValueError(f"{service.name}: give the APIs {', '.join(unscoped)} a scope (read, write or admin)")
         on = fast_path and not limits.access_log
         service.inner.__vlmops_edge__ = Edge(
-            scopes, tuple(hot) if on else (), limits.max_request_bytes, limits.max_concurrency, auth
+            scopes, tuple(hot) if on else (), limits.max_request_bytes, limits.max_concurrency, auth, limits, grpc
         )
         service.__class__ = _GatedService
         if bentoml_server_logging():

@@ -13,6 +13,7 @@ from infra.settings import Settings
 from registry.families.grounding import Grounder
 from services.gateway import gateway
 from services.model_pool import Loaded
+from services.rpc.vision import GroundingRpc, servicers
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import Box, GroundingOut, grounding_item, per_params
 
@@ -30,6 +31,7 @@ Groundings = json_list(GroundingOut)
     read=("ground", "models"),
     hot=("ground",),
     fast_path=LIMITS.fast_path,
+    grpc=servicers(GroundingRpc, GroundingItem, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-grounding", LIMITS, timeout_s=300))
 class GroundingService(ModelService[Grounder]):

@@ -69,12 +69,12 @@ class Call:
     target: str | None = None
 
 
-_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("vlmops_call", default=None)
+CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("vlmops_call", default=None)
 
 
 def audit_target(target: str) -> None:
     """Name what the current call acts on (a collection) in its audit line."""
-    call = _CALL.get()
+    call = CURRENT_CALL.get()
     if call is not None:
         call.target = target[:200]
 
@@ -286,7 +286,7 @@ class Guard:
         received = 0
         too_large = False
         started = time.perf_counter()
-        token = _CALL.set(call)
+        token = CURRENT_CALL.set(call)
 
         async def counted() -> Message:
             """A body sent without a length is cut off at the limit (the app sees a disconnect)."""
@@ -316,7 +316,7 @@ class Guard:
                 status = 413
                 await _reply(send, 413, f"the request body is over the limit of {self.max_body_bytes} bytes", echo)
         finally:
-            _CALL.reset(token)
+            CURRENT_CALL.reset(token)
             self.in_flight -= 1
             self._audit(route, call, status)
             if access.isEnabledFor(logging.INFO):  # off (vlmops.access above INFO): no work per request

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from infra.blobs import BlobStore
-from infra.catalog import Catalog, Janitor, as_dict
+from infra.catalog import Catalog, Janitor, Result, as_dict
 from infra.catalog_db import CatalogDB
 from infra.clients import EmbeddingClient, Embeddings, ServiceError
 from infra.errors import InvalidInput, Misconfigured, NotReady, VlmopsError
@@ -35,6 +35,7 @@ from services.edge import http_errors
 from services.gateway import gateway
 from services.guard import audit_target
 from services.items import clean_text
+from services.rpc.search import servicers
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.search
@@ -104,6 +105,7 @@ class ResultOut(BaseModel):
     write=("create_collection", "ingest"),
     admin=("delete_collection", "start_build", "build_items", "write_build", "finish_build"),
     fast_path=False,
+    grpc=servicers(LIMITS),
 )
 @bentoml.service(
     name="vlmops-search",
@@ -169,6 +171,10 @@ class SearchService:
     @bentoml.api(route="/collections/create")
     def create_collection(self, name: str, model: str | None = None, keyword_fields: list[str] | None = None) -> dict:
         """A collection of ``model``'s embeddings (default: the CLIP model in settings), at its production version."""
+        return self.create(name, model, keyword_fields or [])
+
+    def create(self, name: str, model: str | None, keyword_fields: list[str]) -> dict:
+        """Create a collection (HTTP and gRPC)."""
         audit_target(name)
         with http_errors():
             model = model or LIMITS.default_model
@@ -176,16 +182,22 @@ class SearchService:
             dim = int(info.tags.get("embed_dim", "0"))
             if dim <= 0:
                 raise InvalidInput(f"{info.ref} records no embed_dim: not an embedding model")
-            return as_dict(self.catalog.create(name, model, info.version, dim, keyword_fields or []))
+            return as_dict(self.catalog.create(name, model, info.version, dim, keyword_fields))
 
     @bentoml.api(route="/collections/list")
     def list_collections(self) -> list[dict]:
         """Every collection: model, live version, item count, a running build, the last reindex job."""
+        return self.collections()
+
+    def collections(self) -> list[dict]:
         with http_errors():
             return self.catalog.status()
 
     @bentoml.api(route="/collections/delete")
     def delete_collection(self, name: str) -> dict:
+        return self.delete(name)
+
+    def delete(self, name: str) -> dict:
         audit_target(name)
         with http_errors():
             self.catalog.delete(name)
@@ -197,20 +209,26 @@ class SearchService:
         """Images with payloads; every image is checked before anything is stored; idempotent by content."""
         audit_target(collection)
         with http_errors():
-            if not items or len(items) > LIMITS.max_items:
+            sources = [
+                decode_base64(it.image, f"item {n}") if it.image is not None else it.uri or ""
+                for n, it in enumerate(items)
+            ]
+        return self.ingest_sources(collection, sources, [dict(it.payload) for it in items])
+
+    def ingest_sources(self, collection: str, sources: list[bytes | str], payloads: list[dict[str, Any]]) -> dict:
+        """Ingest (HTTP and gRPC): each source is an image file's bytes or a URI the service may read."""
+        audit_target(collection)
+        with http_errors():
+            if not sources or len(sources) > LIMITS.max_items:
                 raise InvalidInput(f"send 1 to {LIMITS.max_items} items")
             self.catalog.info(collection)  # 404 before any work
             images = []
-            for n, it in enumerate(items):
+            for n, source in enumerate(sources):
                 what = f"item {n}"
-                data = (
-                    decode_base64(it.image, what)
-                    if it.image is not None
-                    else self.uris.read(it.uri or "", LIMITS.max_image_bytes, what)
-                )
+                data = source if isinstance(source, bytes) else self.uris.read(source, LIMITS.max_image_bytes, what)
                 decode_image(data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels, what=what)
                 images.append(data)
-            ids = self.catalog.ingest(collection, images, [dict(it.payload) for it in items], self._embed_images)
+            ids = self.catalog.ingest(collection, images, payloads, self._embed_images)
             return {"ids": ids, "count": self.catalog.count(collection)}
 
     @bentoml.api
@@ -226,25 +244,39 @@ class SearchService:
     ) -> list[ResultOut]:
         """By text, by image, or by an item already in the collection; results name the model version."""
         with http_errors():
+            data = decode_base64(image, "image") if image is not None else None
+        found = self.find(collection, text, data, item_id, top_k, filter, score_threshold)
+        return [ResultOut(**as_dict(r)) for r in found]
+
+    def find(
+        self,
+        collection: str,
+        text: str | None,
+        image: bytes | None,
+        item_id: str | None,
+        top_k: int,
+        filter: dict[str, Any] | None,
+        score_threshold: float | None,
+    ) -> list[Result]:
+        """Search (HTTP and gRPC): by exactly one of text, an image file's bytes and an item id."""
+        with http_errors():
             if sum(x is not None for x in (text, image, item_id)) != 1:
                 raise InvalidInput("give exactly one of text, image and item_id")
             if not 1 <= top_k <= LIMITS.max_top_k:
                 raise InvalidInput(f"top_k must be 1 to {LIMITS.max_top_k}")
             if item_id is not None:
                 info, vector = self.catalog.vector_of(collection, item_id)
-                found = self.catalog.search_vector(info, vector, top_k, filter, score_threshold)
-            elif text is not None:
+                return self.catalog.search_vector(info, vector, top_k, filter, score_threshold)
+            if text is not None:
                 query = clean_text(text, LIMITS.max_text_chars)
-                found = self.catalog.search(
+                return self.catalog.search(
                     collection, lambda v: self._embed_text(query, v), top_k, filter, score_threshold
                 )
-            else:
-                data = decode_base64(image or "", "image")
-                decode_image(data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels)
-                found = self.catalog.search(
-                    collection, lambda v: self._embed_images([data], v)[0], top_k, filter, score_threshold
-                )
-            return [ResultOut(**as_dict(r)) for r in found]
+            data = image or b""
+            decode_image(data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels)
+            return self.catalog.search(
+                collection, lambda v: self._embed_images([data], v)[0], top_k, filter, score_threshold
+            )
 
     # ------------------------------------------------------------------ rebuilds (driven by the reindex job)
     @bentoml.api(route="/builds/start")

@@ -149,16 +149,19 @@ class ModelService(Generic[M]):
     def preprocess(self, version: str | None, image: Image.Image) -> Prepared | None:
         return None
 
-    async def batched(self, items: Sequence[Any], run: RunOn[M, T]) -> list[T]:
+    async def batched(self, items: Sequence[Any], run: RunOn[M, T], deadline: float | None = None) -> list[T]:
         """``run(loaded_model, items)`` on the model thread, batched with other requests' items for the
         same ``run`` and model version; results in the items' order. ``run`` must be a bound method
-        (batches are keyed by it)."""
+        (batches are keyed by it). ``deadline`` (``time.monotonic()``): items still queued then never run."""
         groups = by_version(items)
         with http_errors():
             if len(groups) == 1:
-                return await self.batcher.submit(run, next(iter(groups)), list(items))
+                return await self.batcher.submit(run, next(iter(groups)), list(items), deadline)
             parts = await asyncio.gather(
-                *(self.batcher.submit(run, version, [items[i] for i in idx]) for version, idx in groups.items())
+                *(
+                    self.batcher.submit(run, version, [items[i] for i in idx], deadline)
+                    for version, idx in groups.items()
+                )
             )
         out: list[Any] = [None] * len(items)
         for idx, results in zip(groups.values(), parts, strict=True):

@@ -13,6 +13,7 @@ from infra.settings import Settings
 from registry.families.vqa import VQAModel
 from services.gateway import gateway
 from services.model_pool import Loaded
+from services.rpc.vision import VQARpc, servicers
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import AnswerOut, per_params, vqa_item
 
@@ -30,6 +31,7 @@ Answers = json_list(AnswerOut)
     read=("answer", "models"),
     hot=("answer",),
     fast_path=LIMITS.fast_path,
+    grpc=servicers(VQARpc, QuestionItem, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-vqa", LIMITS, timeout_s=300))
 class VQAService(ModelService[VQAModel]):

@@ -19,3 +19,19 @@ def batched(url: str, method: str) -> bool:
     if not buckets:
         raise AssertionError(f"no vlmops_batch_size histogram for {method}: {metrics[:1000]}")
     return max(buckets.values()) > buckets[1.0]
+
+
+def samples(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0 when there is none)."""
+    metrics = httpx.get(f"{url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def counter(url: str, name: str, **labels: str) -> float:
+    """A counter's value (``name`` with its ``_total``) summed over the series matching ``labels``."""
+    return samples(url, name, **labels)

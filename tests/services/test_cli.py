@@ -75,7 +75,9 @@ class TestUp:
         import subprocess
         import sys
 
+        import grpc
         import httpx
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         from infra.process import free_port, wait_http
         from registry.store import RegistryStore
@@ -85,17 +87,23 @@ class TestUp:
         home = tmp_path / "home"
         store = RegistryStore.from_settings(make_settings(home))
         store.promote("vlmops-vqa", store.register("vlmops-vqa", tiny("vilt-vqa", tmp_path / "build")).version)
-        port = free_port()
+        port, rpc = free_port(), free_port()
         vlmops = str(Path(sys.executable).with_name("vlmops"))
         env = {**os.environ, "VLMOPS_HOME": str(home)}
-        proc = subprocess.Popen(
-            [vlmops, "up", "--services", "embedding,vqa", "--port", str(port), "--no-worker"], env=env
-        )
+        cmd = [vlmops, "up", "--services", "embedding,vqa", "--port", str(port), "--grpc-port", str(rpc), "--no-worker"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
         try:
             wait_http(f"http://127.0.0.1:{port + 1}/readyz", 120, proc)
             # the VQA model is in production: ready; no CLIP version yet: embedding is live, not ready
             assert httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200
             assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 503
+            # and so says each one's gRPC health, on the ports it printed
+            printed = [proc.stdout.readline() for _ in range(2)] if proc.stdout else []
+            assert f"grpc 127.0.0.1:{rpc}" in printed[0] and f"grpc 127.0.0.1:{rpc + 1}" in printed[1]
+            for target, status in ((rpc, "NOT_SERVING"), (rpc + 1, "SERVING")):
+                with grpc.insecure_channel(f"127.0.0.1:{target}") as channel:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status) == status
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0
