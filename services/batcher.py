@@ -99,7 +99,10 @@ class Batcher:
         max_wait_ms: float = 200.0,
         name: str = "model",
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_run: Callable[[Hashable, bool], None] | None = None,
     ) -> None:
+        """``on_batch(stats)`` after each batch; ``on_run(op, True)`` as the model starts one, ``(op, False)``
+        when it is done (metrics; called on the model thread, errors logged)."""
         self._run = run
         self.max_batch_size = max_batch_size
         self._max_queue_s = max_latency_ms / 1000
@@ -107,6 +110,7 @@ class Batcher:
         self._expect = 1  # requests in the service when the last batch ended: what the next may gather
         self._last_run_s = 0.0
         self._on_batch = on_batch
+        self._on_run = on_run
         self._pending: deque[_Request] = deque()
         self._pending_items = 0
         self._cond = threading.Condition()
@@ -219,6 +223,7 @@ class Batcher:
     def _run_batch(self, batch: list[_Request]) -> None:
         head = batch[0]
         items = [item for request in batch for item in request.items]
+        self._notify(head.op, True)
         started = time.monotonic()
         results: list[Any] | BaseException
         try:
@@ -232,6 +237,7 @@ class Batcher:
         except Exception as exc:  # the batch's requests get the error; the thread serves on
             results = exc
         ran = time.monotonic() - started
+        self._notify(head.op, False)
         with self._cond:
             self._expect = len(batch) + len(self._pending)
             self._last_run_s = ran
@@ -248,6 +254,13 @@ class Batcher:
                 self._on_batch(stats)
             except Exception:  # metrics must never stop the model thread
                 log.exception("on_batch failed")
+
+    def _notify(self, op: Hashable, running: bool) -> None:
+        if self._on_run is not None:
+            try:
+                self._on_run(op, running)
+            except Exception:  # metrics must never stop the model thread
+                log.exception("on_run failed")
 
     def _fail_all(self, exc: BaseException) -> None:
         _answer([(request, exc) for request in self._pending])

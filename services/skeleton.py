@@ -55,6 +55,13 @@ MODEL_SECONDS = bentoml.metrics.Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
+MODEL_BUSY = bentoml.metrics.Gauge(
+    name="vlmops_model_busy",
+    documentation="1 while the model thread runs a batch of the operation (summed over the API workers)",
+    labelnames=["service", "operation"],
+    multiprocess_mode="livesum",
+)
+
 
 def running_service() -> RequestHooks | None:
     """This server process's service instance (BentoML's own accessor); None outside a server."""
@@ -130,6 +137,7 @@ class ModelService(Generic[M]):
             max_wait_ms=limits.max_wait_ms,
             name=limits.model_name,
             on_batch=self._record_batch,
+            on_run=self._record_running,
         )
 
     def _load(self, info: VersionInfo) -> M:
@@ -176,8 +184,15 @@ class ModelService(Generic[M]):
     def _run_batch(self, run: Any, version: Any, items: list[Any]) -> list[Any]:
         return run(self.pool.get(version), items)  # type: ignore[no-any-return]
 
+    @staticmethod
+    def _operation(op: Any) -> str:
+        return getattr(op, "__name__", str(op)).lstrip("_")
+
+    def _record_running(self, op: Any, running: bool) -> None:
+        MODEL_BUSY.labels(service=type(self).__name__, operation=self._operation(op)).set(int(running))
+
     def _record_batch(self, stats: BatchStats) -> None:
-        op = getattr(stats.op, "__name__", str(stats.op)).lstrip("_")
+        op = self._operation(stats.op)
         BATCH_SIZE.labels(service=type(self).__name__, operation=op).observe(stats.size)
         QUEUE_SECONDS.labels(service=type(self).__name__, operation=op).observe(stats.queue_s)
         MODEL_SECONDS.labels(service=type(self).__name__, operation=op).observe(stats.run_s)

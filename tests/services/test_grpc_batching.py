@@ -1,5 +1,5 @@
 """gRPC and HTTP on one batcher, in a real embedding service whose model is kept busy by one long HTTP
-request (4096 images, run back to back): items of both protocols queue behind it and run as one batch; a
+request (2048 images, run back to back): items of both protocols queue behind it and run as one batch; a
 deadline that passes in the queue never reaches the model; the shared cap on requests in flight gives
 RESOURCE_EXHAUSTED. And health follows the registry: NOT_SERVING until a production version is loaded."""
 
@@ -30,7 +30,7 @@ from tests.metrics import counter, samples
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
-LONG = 4096  # images in the request that keeps the model busy (about a second of the toy model, or more)
+LONG = 2048  # images in the request that keeps the model busy (seconds of the toy model on 2 cores)
 CAP = 12  # requests in flight per worker, HTTP and gRPC together
 
 
@@ -56,15 +56,17 @@ def long_body() -> dict[str, Any]:
     return {"items": [{"image": images[i % 64]} for i in range(LONG)]}
 
 
-def while_busy(svc: ServiceProcess, body: dict[str, Any], during: Callable[[], Any], settle_s: float = 0.6) -> Any:
-    """``during()`` while the model runs the long request (sent first; ``settle_s`` for it to be decoded
-    and reach the model); returns what ``during`` returned, once the long request is answered."""
+def while_busy(svc: ServiceProcess, body: dict[str, Any], during: Callable[[], Any]) -> Any:
+    """``during()`` once the model runs the long request (sent first; ``vlmops_model_busy`` says when its
+    images are decoded and in the model); returns what ``during`` returned, once the long request is answered."""
     answer: list[httpx.Response] = []
-    thread = threading.Thread(
-        target=lambda: answer.append(httpx.post(f"{svc.url}/embed_image", json=body, timeout=300))
-    )
+    url = f"{svc.url}/embed_image"
+    thread = threading.Thread(target=lambda: answer.append(httpx.post(url, json=body, timeout=300)))
     thread.start()
-    time.sleep(settle_s)
+    deadline = time.monotonic() + 120
+    while samples(svc.url, "vlmops_model_busy", operation="embed_image") < 1:
+        assert time.monotonic() < deadline and thread.is_alive(), "the long request never reached the model"
+        time.sleep(0.05)
     try:
         return during()
     finally:
