@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 K8S_VENV := .venv-k8s
 K8S_STAMP := $(K8S_VENV)/.installed
 
-.PHONY: setup demo test lint bench serve k8s k8s-tools images push lock clean
+.PHONY: setup demo test lint bench serve proto k8s k8s-tools images push lock clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ bench: setup
 
 serve: setup
 	$(BIN)/vlmops serve embedding --port 3000
+
+# the gRPC code (services/proto/vlmops/v1/*_pb2*.py) from the .proto files, with the pinned grpcio-tools;
+# committed, and a test fails when it is stale
+proto: setup
+	$(BIN)/python -m services.proto.generate
 
 k8s-tools: $(K8S_STAMP)
 
