@@ -31,6 +31,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.embedding
+	$(BIN)/python -m bench.grpc_vs_http
 	$(BIN)/python -m bench.vision
 	$(BIN)/python -m bench.index
 	$(BIN)/python -m bench.pipeline

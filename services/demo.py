@@ -29,6 +29,7 @@ from registry.finetune import FinetuneConfig
 from registry.gate import evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.toy_clip import ToyTrainConfig, train_toy_clip
+from services.client import EmbeddingGrpc
 from workers.app import make_app
 from workers.follow import follow, follow_reindexes
 
@@ -119,6 +120,13 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
         txt = client.embed_text([s.caption for s in scenes])
         click.echo(
             f"\nimage vectors {img.vectors.shape}, norms {np.linalg.norm(img.vectors, axis=1).round(4).tolist()}"
+        )
+        with EmbeddingGrpc(svc.grpc_target, api_key=settings.auth.key) as rpc:  # the same, over gRPC
+            over_grpc = rpc.embed_text([s.caption for s in scenes])
+        diff = float(np.abs(over_grpc.vectors - txt.vectors).max())
+        click.echo(
+            f"the captions over gRPC ({svc.grpc_target}): max |HTTP - gRPC| = {diff:.1e}, "
+            f"version {over_grpc.versions[0]}"
         )
         sims = img.vectors @ txt.vectors.T
         click.echo("caption retrieval (each image against the 6 captions):")

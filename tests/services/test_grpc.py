@@ -4,6 +4,7 @@ RPC, its answers against HTTP's, each error code from a real cause, health, refl
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,3 +251,20 @@ class TestPlatform:
         metrics = httpx.get(f"{service.url}/metrics").text
         assert 'vlmops_grpc_request_seconds_count{method="EmbedText"}' in metrics
         assert "vlmops_http_requests_total" in metrics  # HTTP's own, beside
+
+
+def test_every_api_worker_serves_the_one_grpc_port(home: Path, registry: RegistryStore, tmp_path: Path) -> None:
+    env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__WORKERS": "2"}
+    with ServiceProcess("embedding", env=env, log_path=tmp_path / "two-workers.log") as svc:
+        deadline = time.monotonic() + 120  # the second worker may come up after the first is ready
+        log = ""
+        while log.count(f"gRPC on 127.0.0.1:{svc.grpc_port}") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            log = (tmp_path / "two-workers.log").read_text()
+        assert log.count(f"gRPC on 127.0.0.1:{svc.grpc_port}") == 2, log[-3000:]  # SO_REUSEPORT: both bound
+        assert "cannot start" not in log
+        with EmbeddingGrpc(svc.grpc_target) as client:
+            for _ in range(3):  # new connections, spread by the kernel over the workers
+                with EmbeddingGrpc(svc.grpc_target) as fresh:
+                    assert fresh.embed_text(["a red circle"]).versions == ["1"]
+            assert client.embed_text(["a red circle"] * 20).vectors.shape == (20, 96)

@@ -1,5 +1,5 @@
 """gRPC and HTTP on one batcher, in a real embedding service whose model is kept busy by one long HTTP
-request (2048 images, run back to back): items of both protocols queue behind it and run as one batch; a
+request (1024 images, run back to back): items of both protocols queue behind it and run as one batch; a
 deadline that passes in the queue never reaches the model; the shared cap on requests in flight gives
 RESOURCE_EXHAUSTED. And health follows the registry: NOT_SERVING until a production version is loaded."""
 
@@ -30,7 +30,7 @@ from tests.metrics import counter, samples
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
-LONG = 2048  # images in the request that keeps the model busy (seconds of the toy model on 2 cores)
+LONG = 1024  # images in the request that keeps the model busy (seconds of the toy model on 2 cores)
 CAP = 12  # requests in flight per worker, HTTP and gRPC together
 
 
