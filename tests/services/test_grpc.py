@@ -263,8 +263,16 @@ def test_every_api_worker_serves_the_one_grpc_port(home: Path, registry: Registr
             log = (tmp_path / "two-workers.log").read_text()
         assert log.count(f"gRPC on 127.0.0.1:{svc.grpc_port}") == 2, log[-3000:]  # SO_REUSEPORT: both bound
         assert "cannot start" not in log
-        with EmbeddingGrpc(svc.grpc_target) as client:
-            for _ in range(3):  # new connections, spread by the kernel over the workers
-                with EmbeddingGrpc(svc.grpc_target) as fresh:
-                    assert fresh.embed_text(["a red circle"]).versions == ["1"]
-            assert client.embed_text(["a red circle"] * 20).vectors.shape == (20, 96)
+        # new connections, spread by the kernel over the workers; a worker still loading its model says
+        # UNAVAILABLE (and its health NOT_SERVING) until it has it
+        served = 0
+        while served < 6:
+            assert time.monotonic() < deadline, "a worker never served"
+            with grpc.insecure_channel(svc.grpc_target) as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+                if status.status != health_pb2.HealthCheckResponse.SERVING:
+                    time.sleep(0.5)
+                    continue
+                out = embedding_pb2_grpc.EmbeddingStub(channel).EmbedText(texts_request(["a red circle"] * 20))
+                assert len(out.embeddings) == 20 and out.embeddings[0].model.version == "1"
+                served += 1
