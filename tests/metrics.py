@@ -22,7 +22,8 @@ def batched(url: str, method: str) -> bool:
 
 
 def samples(url: str, name: str, **labels: str) -> float:
-    """The sum of the samples called ``name`` whose labels include ``labels`` (0 when there is none)."""
+    """The sum of the samples called ``name`` (a counter's with its ``_total``) whose labels include ``labels``
+    (0 when there is none)."""
     metrics = httpx.get(f"{url}/metrics").text
     return sum(
         sample.value
@@ -30,8 +31,3 @@ def samples(url: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
-
-
-def counter(url: str, name: str, **labels: str) -> float:
-    """A counter's value (``name`` with its ``_total``) summed over the series matching ``labels``."""
-    return samples(url, name, **labels)

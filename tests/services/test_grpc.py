@@ -27,7 +27,7 @@ from services.client import EmbeddingGrpc
 from services.proto.vlmops.v1 import embedding_pb2 as pb
 from services.proto.vlmops.v1 import embedding_pb2_grpc
 from tests.conftest import make_settings
-from tests.metrics import counter
+from tests.metrics import samples
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -242,12 +242,13 @@ class TestPlatform:
         assert f"[{rid}]: EmbedText OK" in (service.log_path or Path()).read_text()
 
     def test_grpc_calls_are_on_metrics_beside_http(self, service: ServiceProcess, emb: EmbeddingGrpc) -> None:
-        ok = counter(service.url, "vlmops_grpc_requests_total", method="EmbedText", code="OK")
+        ok = samples(service.url, "vlmops_grpc_requests_total", method="EmbedText", code="OK")
         emb.embed_text(["counted"])
         with pytest.raises(InvalidInput):
             emb.embed_text([""])
-        assert counter(service.url, "vlmops_grpc_requests_total", method="EmbedText", code="OK") == ok + 1
-        assert counter(service.url, "vlmops_grpc_requests_total", method="EmbedText", code="INVALID_ARGUMENT") >= 1
+        assert samples(service.url, "vlmops_grpc_requests_total", method="EmbedText", code="OK") == ok + 1
+        assert samples(service.url, "vlmops_grpc_requests_total", method="EmbedText", code="INVALID_ARGUMENT") >= 1
+        httpx.post(f"{service.url}/embed_text", json={"items": [{"text": "over HTTP"}]}, timeout=30).raise_for_status()
         metrics = httpx.get(f"{service.url}/metrics").text
         assert 'vlmops_grpc_request_seconds_count{method="EmbedText"}' in metrics
         assert "vlmops_http_requests_total" in metrics  # HTTP's own, beside

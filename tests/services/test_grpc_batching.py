@@ -26,7 +26,7 @@ from registry.store import RegistryStore
 from services.proto.vlmops.v1 import embedding_pb2 as pb
 from services.proto.vlmops.v1 import embedding_pb2_grpc
 from tests.conftest import make_settings
-from tests.metrics import counter, samples
+from tests.metrics import samples
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
@@ -113,9 +113,9 @@ def test_a_deadline_that_passes_in_the_queue_never_reaches_the_model(
     with grpc.insecure_channel(busy.grpc_target) as channel:
         stub = embedding_pb2_grpc.EmbeddingStub(channel)
         stub.EmbedText(pb.EmbedTextRequest(items=[pb.TextItem(text="connected")]), timeout=30)
-        embedded = counter(busy.url, "vlmops_embedding_items_total", operation="embed_text")
+        embedded = samples(busy.url, "vlmops_embedding_items_total", operation="embed_text")
         ended = sum(
-            counter(busy.url, "vlmops_grpc_requests_total", method="EmbedText", code=code)
+            samples(busy.url, "vlmops_grpc_requests_total", method="EmbedText", code=code)
             for code in ("DEADLINE_EXCEEDED", "CANCELLED")
         )
 
@@ -129,12 +129,12 @@ def test_a_deadline_that_passes_in_the_queue_never_reaches_the_model(
     time.sleep(0.5)
     # the server took the call in and ended it (the batcher at its deadline, or grpc's cancellation) ...
     ended_now = sum(
-        counter(busy.url, "vlmops_grpc_requests_total", method="EmbedText", code=code)
+        samples(busy.url, "vlmops_grpc_requests_total", method="EmbedText", code=code)
         for code in ("DEADLINE_EXCEEDED", "CANCELLED")
     )
     assert ended_now == ended + 1
     # ... and its item never reached the model
-    assert counter(busy.url, "vlmops_embedding_items_total", operation="embed_text") == embedded
+    assert samples(busy.url, "vlmops_embedding_items_total", operation="embed_text") == embedded
 
 
 def test_over_the_cap_in_flight_calls_get_resource_exhausted(busy: ServiceProcess, long_body: dict[str, Any]) -> None:
