@@ -214,6 +214,15 @@ class GateSettings(BaseModel):
     )
     margin: float = Field(0.0, ge=0, description="how far below production a candidate may be and still pass")
     dataset: str | None = Field(None, description="held-out pairs both versions are scored on when no eval is stored")
+    max_class_drop: float | None = Field(
+        None,
+        ge=0,
+        description="the per-class guard: refuse a candidate that loses more than this on any class for "
+        "class_metric (off when unset)",
+    )
+    class_metric: str = Field(
+        "class_r_precision", description="the per-class metric of the guard (class_recall@K, class_precision@K too)"
+    )
 
 
 class Settings(BaseSettings):

@@ -1,9 +1,17 @@
-"""Evaluation of CLIP versions on a held-out pair dataset: retrieval both ways and zero-shot accuracy.
+"""Evaluation of CLIP versions on a held-out set: caption retrieval both ways, class queries, zero-shot.
 
-Text→image: every distinct caption is a query; the relevant images are those paired with it.
-Image→text: every image is a query over the distinct captions; the relevant one is its own caption.
-Recall@K, Precision@K and R-Precision come from torchmetrics' retrieval metrics, overall and per
-class (the label of the query's pairs), plus zero-shot accuracy over the dataset's class labels.
+- Text→image: every distinct caption is a query; the relevant images are those paired with it.
+- Image→text: every image is a query over the distinct captions; the relevant one is its own caption.
+- Class queries (the way curated collections are judged, as in ONiT's table): each class name, run through
+  prompt templates and ensembled as ``classify`` does, is a query over *every* image of the set; the
+  relevant images are those labelled with the class. ``class_recall@K``, ``class_precision@K`` (any K,
+  also past the class size) and ``class_r_precision`` per class and overall: the plain name is the macro
+  mean over classes, ``_micro`` the figure pooled over all of them.
+- Zero-shot accuracy over the dataset's class labels, overall and per class.
+
+Rows with a label and no caption take part in class queries and zero-shot only; rows with a caption and
+no label in caption retrieval only. Each image is embedded once per version; every ranking goes through
+:mod:`registry.ranking` in chunks, so memory stays bounded by the embeddings.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchmetrics.retrieval import RetrievalPrecision, RetrievalRecall, RetrievalRPrecision
 
 from registry.datasets import PairDataset
-from registry.families.clip import ClipModel
+from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
+from registry.ranking import chunked_hits, rank_hits
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+DEFAULT_CLASS_KS: tuple[int, ...] = (10, 100)
+CLASS_METRICS_STEM = ("class_recall@", "class_precision@", "class_r_precision")
 CHUNK = 256
 
 
@@ -33,6 +43,8 @@ class EvalReport:
     n_captions: int
     metrics: dict[str, float]
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    class_ks: list[int] = field(default_factory=list)
+    class_queries: list[str] = field(default_factory=list)  # the prompt templates of the class queries
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -41,18 +53,15 @@ class EvalReport:
     def from_json(cls, text: str) -> EvalReport:
         return cls(**json.loads(text))
 
+    def class_metric_names(self) -> list[str]:
+        """The per-class metrics of the class queries, in table order: R@K, P@K for each K, R-Precision."""
+        names = [f"class_{m}@{k}" for k in self.class_ks for m in ("recall", "precision")]
+        return [*names, "class_r_precision"] if self.per_class else []
+
 
 def _retrieval(preds: torch.Tensor, target: torch.Tensor, ks: Sequence[int], prefix: str) -> dict[str, float]:
-    """Metrics for a [queries, docs] score matrix and its boolean relevance matrix."""
-    n_q, n_d = preds.shape
-    indexes = torch.arange(n_q).repeat_interleave(n_d)
-    flat_p, flat_t = preds.reshape(-1), target.reshape(-1)
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"{prefix}_recall@{k}"] = float(RetrievalRecall(top_k=k)(flat_p, flat_t, indexes=indexes))
-        out[f"{prefix}_precision@{k}"] = float(RetrievalPrecision(top_k=k)(flat_p, flat_t, indexes=indexes))
-    out[f"{prefix}_r_precision"] = float(RetrievalRPrecision()(flat_p, flat_t, indexes=indexes))
-    return out
+    """Metrics (mean over queries) for a [queries, docs] score matrix and its boolean relevance matrix."""
+    return rank_hits(preds, target, ks).macro(prefix)
 
 
 def _encode_images(model: ClipModel, data: PairDataset) -> torch.Tensor:
@@ -63,38 +72,83 @@ def _encode_texts(model: ClipModel, texts: Sequence[str]) -> torch.Tensor:
     return torch.cat([model.encode_text(list(texts[s : s + CHUNK]))[0].cpu() for s in range(0, len(texts), CHUNK)])
 
 
-def evaluate(model: ClipModel, data: PairDataset, name: str = "model", ks: Sequence[int] = DEFAULT_KS) -> EvalReport:
-    """Score ``model`` on ``data`` (the same set for every version compared)."""
-    captions = sorted(set(data.captions))
-    cap_index = {c: i for i, c in enumerate(captions)}
-    img_cap = torch.tensor([cap_index[c] for c in data.captions])
-    img = _encode_images(model, data)
-    txt = _encode_texts(model, captions)
-    sims = img @ txt.T  # [images, captions]
-    relevant = img_cap[:, None] == torch.arange(len(captions))[None, :]
-    ks = [k for k in ks if k <= max(len(captions), len(data))]
-    metrics = _retrieval(sims.T, relevant.T, ks, "t2i") | _retrieval(sims, relevant, ks, "i2t")
+def _caption_metrics(
+    img: torch.Tensor, txt: torch.Tensor, img_cap: torch.Tensor, ks: Sequence[int]
+) -> tuple[dict[str, float], Any, Any]:
+    """t2i and i2t over the captioned images; returns the overall figures and the per-query hits of both."""
+    caps = torch.arange(len(txt))
+    t2i = chunked_hits(txt, img, lambda rows: caps[rows][:, None] == img_cap[None, :], ks)
+    i2t = chunked_hits(img, txt, lambda rows: img_cap[rows][:, None] == caps[None, :], ks)
+    return t2i.macro("t2i") | i2t.macro("i2t"), t2i, i2t
 
+
+def evaluate(
+    model: ClipModel,
+    data: PairDataset,
+    name: str = "model",
+    ks: Sequence[int] = DEFAULT_KS,
+    class_ks: Sequence[int] = DEFAULT_CLASS_KS,
+    class_queries: Sequence[str] = DEFAULT_TEMPLATES,
+) -> EvalReport:
+    """Score ``model`` on ``data`` (the same set for every version compared).
+
+    ``ks`` are the caption-retrieval cut-offs (kept where the set is large enough); ``class_ks`` the class
+    queries' (any K); ``class_queries`` the prompt templates every class name is run through."""
+    class_ks = sorted(set(class_ks))
+    img = _encode_images(model, data)
+    metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {}
     labels = [r.label for r in data.rows]
     label_set = sorted({lb for lb in labels if lb is not None})
-    if label_set:
-        labelled = torch.tensor([lb is not None for lb in labels])
-        label_emb = model.label_embeddings(label_set).cpu()
-        pred = (img[labelled] @ label_emb.T).argmax(dim=1)
-        truth = torch.tensor([label_set.index(lb) for lb in labels if lb is not None])
-        metrics["zero_shot_acc"] = float((pred == truth).float().mean())
-        caption_label = {c: lb for c, lb in zip(data.captions, labels, strict=True)}
+
+    cap_rows = torch.tensor([bool(r.caption) for r in data.rows], dtype=torch.bool)
+    captions = sorted({r.caption for r in data.rows if r.caption})
+    if captions:
+        cap_index = {c: i for i, c in enumerate(captions)}
+        img_cap = torch.tensor([cap_index[r.caption] for r in data.rows if r.caption])
+        txt = _encode_texts(model, captions)
+        n_docs = max(len(captions), int(cap_rows.sum()))
+        cap_ks = [k for k in sorted(set(ks)) if k <= n_docs]
+        figures, t2i, i2t = _caption_metrics(img[cap_rows], txt, img_cap, cap_ks)
+        metrics |= figures
+        caption_label = {r.caption: r.label for r in data.rows if r.caption}
+        cap_labels = [r.label for r in data.rows if r.caption]
         for cls in label_set:
-            img_rows = torch.tensor([lb == cls for lb in labels])
-            cap_rows = torch.tensor([caption_label[c] == cls for c in captions])
-            row = _retrieval(sims.T[cap_rows], relevant.T[cap_rows], ks, "t2i")
-            row |= _retrieval(sims[img_rows], relevant[img_rows], ks, "i2t")
-            mask = truth == label_set.index(cls)
-            row["zero_shot_acc"] = float((pred[mask] == truth[mask]).float().mean())
-            row["n_images"] = float(int(img_rows.sum()))
-            per_class[cls] = row
-    return EvalReport(name, data.source, data.content_hash, len(data), len(captions), metrics, per_class)
+            row = per_class.setdefault(cls, {})
+            cap_mask = torch.tensor([caption_label[c] == cls for c in captions], dtype=torch.bool)
+            img_mask = torch.tensor([lb == cls for lb in cap_labels], dtype=torch.bool)
+            if cap_mask.any():
+                row |= t2i.select(cap_mask).macro("t2i")
+            if img_mask.any():
+                row |= i2t.select(img_mask).macro("i2t")
+
+    if label_set:
+        label_emb = model.label_embeddings(label_set, tuple(class_queries)).cpu()
+        truth = torch.tensor([label_set.index(lb) if lb is not None else -1 for lb in labels])
+        classes = torch.arange(len(label_set))
+        hits = chunked_hits(label_emb, img, lambda rows: classes[rows][:, None] == truth[None, :], class_ks)
+        metrics |= hits.macro("class") | hits.micro("class")
+        labelled = truth >= 0
+        pred = (img[labelled] @ label_emb.T).argmax(dim=1)
+        metrics["zero_shot_acc"] = float((pred == truth[labelled]).float().mean())
+        per_query = hits.per_query("class")
+        for i, cls in enumerate(label_set):
+            mask = truth[labelled] == i
+            row = per_class.setdefault(cls, {})
+            row.update({k: float(v[i]) for k, v in per_query.items()})
+            row["zero_shot_acc"] = float((pred[mask] == i).float().mean())
+            row["n_images"] = float(int(mask.sum()))
+    return EvalReport(
+        name,
+        data.source,
+        data.content_hash,
+        len(data),
+        len(captions),
+        metrics,
+        per_class,
+        class_ks if label_set else [],
+        list(class_queries) if label_set else [],
+    )
 
 
 def table(reports: Mapping[str, EvalReport], metrics: Sequence[str] | None = None) -> str:

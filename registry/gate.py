@@ -1,9 +1,12 @@
 """Evaluation of registered versions and the promotion gate.
 
-``vlmops eval`` scores versions on one held-out set and stores each version's figures as a model
-version tag ``eval.<dataset hash>``. ``promote`` moves ``production`` only when the candidate is not
-worse than production on the gate metrics (minus a margin), on the same dataset; ``force`` overrides,
-and the verdict (or the override) is recorded in the registry with the promotion event.
+``vlmops eval`` scores versions on one held-out set and stores each version's figures (averaged and per
+class) as a model version tag ``eval.<dataset hash>``. ``promote`` moves ``production`` only when the
+candidate is not worse than production on the gate metrics (minus a margin), on the same dataset, and,
+when ``max_class_drop`` is set, loses no more than that on any class for the per-class metric: a
+candidate better on average and worse on one class (ONiT's finetune lost on maps) is refused, and the
+refusal names the classes. ``force`` overrides, and the verdict (or the override) is recorded in the
+registry with the promotion event.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any
 
 from infra.errors import InvalidInput, NotFound, VlmopsError
 from infra.settings import Settings, resolve_device
+from registry.class_table import ClassComparison
 from registry.datasets import PairDataset, load_pairs
-from registry.evaluation import EvalReport, evaluate, plot, table
-from registry.families.clip import ClipModel
+from registry.evaluation import DEFAULT_CLASS_KS, DEFAULT_KS, EvalReport, evaluate, plot, table
+from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
 from registry.store import PRODUCTION, RegistryEvent, RegistryStore, VersionInfo, mlflow_key
 
 EVAL_TAG_PREFIX = "eval."
@@ -37,27 +41,96 @@ def eval_tag(dataset_hash: str) -> str:
     return f"{EVAL_TAG_PREFIX}{dataset_hash[:16]}"
 
 
-def stored_eval(info: VersionInfo, dataset_hash: str) -> dict[str, float] | None:
+@dataclass(frozen=True)
+class StoredEval:
+    """A version's figures on one dataset, as kept in its ``eval.<hash>`` tag."""
+
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    class_queries: tuple[str, ...]
+    at: float
+
+    @classmethod
+    def parse(cls, raw: str) -> StoredEval:
+        obj = json.loads(raw)
+        return cls(dict(obj["metrics"]), dict(obj.get("per_class", {})), tuple(obj.get("class_queries", ())), obj["at"])
+
+
+def stored_eval(info: VersionInfo, dataset_hash: str) -> StoredEval | None:
     raw = info.tags.get(eval_tag(dataset_hash))
-    return None if raw is None else dict(json.loads(raw)["metrics"])
+    return None if raw is None else StoredEval.parse(raw)
+
+
+def _tag_value(report: EvalReport, source: str) -> str:
+    """The tag: the averaged figures, and per class the class-query figures (rounded) while they fit MLflow's
+    limit on a tag value; a set with thousands of classes keeps R-Precision only, then nothing per class."""
+    base = {"metrics": report.metrics, "at": time.time(), "dataset": source, "class_queries": report.class_queries}
+    keep_all = [*report.class_metric_names(), "n_images", "zero_shot_acc"]
+    for keep in (keep_all, ["class_r_precision", "n_images"], []):
+        per_class = {
+            label: {k: round(v, 6) for k, v in row.items() if k in keep} for label, row in report.per_class.items()
+        }
+        value = json.dumps(base | {"per_class": per_class if keep else {}})
+        if len(value) <= MAX_TAG_VALUE:
+            return value
+    return json.dumps(base)
+
+
+MAX_TAG_VALUE = 100_000  # MLflow's limit on a model version tag's value
 
 
 def evaluate_versions(
-    store: RegistryStore, settings: Settings, versions: Sequence[VersionInfo], data: PairDataset
+    store: RegistryStore,
+    settings: Settings,
+    versions: Sequence[VersionInfo],
+    data: PairDataset,
+    ks: Sequence[int] = DEFAULT_KS,
+    class_ks: Sequence[int] = DEFAULT_CLASS_KS,
+    class_queries: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> dict[str, EvalReport]:
-    """Score each version on ``data``; store the figures as version tags and log one MLflow run."""
+    """Score each version on ``data``; store the figures as version tags and log one MLflow run.
+
+    The first version is the candidate, a second one its base: their per-class table is logged with the
+    run, and to the candidate's own run."""
     device = resolve_device(settings.device)
     reports: dict[str, EvalReport] = {}
     for info in versions:
         model = store.load(info, device)
         if not isinstance(model, ClipModel):
             raise InvalidInput(f"{info.ref} is a {info.family} model; evaluation scores CLIP versions")
-        report = evaluate(model, data, info.ref)
+        report = evaluate(model, data, info.ref, ks, class_ks, class_queries)
         reports[f"v{info.version}"] = report
-        value = json.dumps({"metrics": report.metrics, "at": time.time(), "dataset": data.source})
+        value = _tag_value(report, data.source)
         store.client.set_model_version_tag(info.name, info.version, eval_tag(data.content_hash), value)
     _log_eval_run(store, versions, data, reports)
     return reports
+
+
+def comparison(reports: dict[str, EvalReport]) -> ClassComparison | None:
+    """The per-class table of the candidate (first report) against its base (second), where both have classes."""
+    if len(reports) != 2:
+        return None
+    (cand_name, cand), (base_name, base) = reports.items()
+    return ClassComparison.of(base_name, base, cand_name, cand) if cand.per_class and base.per_class else None
+
+
+def write_eval_files(reports: dict[str, EvalReport], folder: Path) -> list[Path]:
+    """The reports (JSON), the averaged table, the bar chart and, for two versions with classes, the per-class
+    table as text, CSV and PNG."""
+    written = []
+    for label, report in reports.items():
+        written.append(folder / f"report-{label}.json")
+        written[-1].write_text(report.to_json())
+    written.append(folder / "table.txt")
+    written[-1].write_text(table(reports) + "\n")
+    written.append(plot(reports, folder / "metrics.png"))
+    classes = comparison(reports)
+    if classes is not None:
+        written.append(folder / "per_class.txt")
+        written[-1].write_text(classes.text() + "\n")
+        written.append(classes.write_csv(folder / "per_class.csv"))
+        written.append(classes.plot(folder / "per_class.png"))
+    return written
 
 
 def _log_eval_run(
@@ -79,11 +152,16 @@ def _log_eval_run(
             client.log_metric(rid, f"{label}.{mlflow_key(key)}", value)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for label, report in reports.items():
-            (folder / f"report-{label}.json").write_text(report.to_json())
-        (folder / "table.txt").write_text(table(reports) + "\n")
-        plot(reports, folder / "metrics.png")
+        write_eval_files(reports, folder)
         client.log_artifacts(rid, str(folder), "eval")
+        # the candidate's own run (the one its version was registered from) keeps them too
+        cand = versions[0]
+        cand_run = client.get_model_version(cand.name, cand.version).run_id
+        if cand_run and cand_run != rid:
+            client.log_artifacts(cand_run, str(folder), f"eval/{data.content_hash[:16]}")
+            client.set_tag(cand_run, f"vlmops.eval_run.{data.content_hash[:16]}", rid)
+            for key, value in reports[f"v{cand.version}"].metrics.items():
+                client.log_metric(cand_run, f"eval.{mlflow_key(key)}", value)
     client.set_terminated(rid, "FINISHED")
     return rid
 
@@ -97,6 +175,18 @@ class GateRow:
 
 
 @dataclass(frozen=True)
+class ClassGateRow:
+    label: str
+    n_images: int
+    candidate: float
+    production: float
+
+    @property
+    def drop(self) -> float:
+        return self.production - self.candidate
+
+
+@dataclass(frozen=True)
 class GateVerdict:
     passed: bool
     rows: tuple[GateRow, ...]
@@ -104,6 +194,10 @@ class GateVerdict:
     dataset_hash: str
     candidate: str
     production: str
+    class_metric: str | None = None
+    max_class_drop: float | None = None
+    class_failures: tuple[ClassGateRow, ...] = ()  # the classes that lose more than max_class_drop
+    n_classes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +213,17 @@ class GateVerdict:
                 f"  {r.metric:<22} candidate {r.candidate:.4f}  production {r.production:.4f}  "
                 f"{'ok' if r.passed else 'WORSE'}"
             )
+        if self.class_metric is not None:
+            head = f"  per class: {self.class_metric} may drop at most {self.max_class_drop} on any of {self.n_classes}"
+            if not self.class_failures:
+                lines.append(f"{head}: ok")
+            else:
+                lines.append(f"{head}: {len(self.class_failures)} class(es) drop more — CLASS WORSE")
+                for c in self.class_failures:
+                    lines.append(
+                        f"    {c.label:<24} n={c.n_images:<6} candidate {c.candidate:.4f}  "
+                        f"production {c.production:.4f}  drop {c.drop:.4f}"
+                    )
         return "\n".join(lines)
 
 
@@ -135,24 +240,52 @@ def check(
     return all(r.passed for r in rows), tuple(rows)
 
 
+def check_classes(
+    candidate: StoredEval, production: StoredEval, metric: str, max_drop: float
+) -> tuple[tuple[ClassGateRow, ...], int]:
+    """The classes on which the candidate loses more than ``max_drop`` on ``metric``, worst first; and how
+    many classes were compared."""
+    if candidate.class_queries != production.class_queries:
+        raise InvalidInput(
+            "the two versions were scored with different class queries "
+            f"({list(candidate.class_queries)} against {list(production.class_queries)}): score both in one "
+            "`vlmops eval` call"
+        )
+    shared = sorted(set(candidate.per_class) & set(production.per_class))
+    rows = [lb for lb in shared if metric in candidate.per_class[lb] and metric in production.per_class[lb]]
+    if not rows:
+        raise InvalidInput(
+            f"the per-class guard needs {metric!r} per class and the evaluation has none (a dataset with class "
+            "labels, scored by this version of `vlmops eval`)"
+        )
+    failures = []
+    for label in rows:
+        c, p = candidate.per_class[label], production.per_class[label]
+        row = ClassGateRow(label, int(c.get("n_images", 0)), c[metric], p[metric])
+        if row.drop > max_drop + 1e-12:
+            failures.append(row)
+    return tuple(sorted(failures, key=lambda r: -r.drop)), len(rows)
+
+
 def _common_eval(
     store: RegistryStore, settings: Settings, cand: VersionInfo, prod: VersionInfo, dataset: str | None
-) -> tuple[dict[str, float], dict[str, float], str]:
+) -> tuple[StoredEval, StoredEval, str]:
     """Both versions' figures on one dataset: the one named (scored now where not stored), or the
     latest dataset both were scored on by ``vlmops eval``."""
     if dataset:
-        data = load_pairs(dataset)
+        data = load_pairs(dataset, require_captions=False, lazy=True)
         missing = [v for v in (cand, prod) if stored_eval(v, data.content_hash) is None]
         if missing:
             evaluate_versions(store, settings, missing, data)
         cand, prod = store.get(cand.name, cand.version), store.get(prod.name, prod.version)
         c, p = stored_eval(cand, data.content_hash), stored_eval(prod, data.content_hash)
-        assert c is not None and p is not None
+        if c is None or p is None:
+            raise InvalidInput(f"the figures of {cand.ref} and {prod.ref} on {dataset} were not stored")
         return c, p, data.content_hash
     common = []
     for key in set(cand.tags) & set(prod.tags):
         if key.startswith(EVAL_TAG_PREFIX):
-            at = min(json.loads(cand.tags[key])["at"], json.loads(prod.tags[key])["at"])
+            at = min(StoredEval.parse(cand.tags[key]).at, StoredEval.parse(prod.tags[key]).at)
             common.append((at, key))
     if not common:
         raise InvalidInput(
@@ -160,11 +293,7 @@ def _common_eval(
             f"`vlmops eval {cand.name} {cand.version} --dataset PAIRS` or pass --dataset"
         )
     key = max(common)[1]
-    return (
-        dict(json.loads(cand.tags[key])["metrics"]),
-        dict(json.loads(prod.tags[key])["metrics"]),
-        key[len(EVAL_TAG_PREFIX) :],
-    )
+    return StoredEval.parse(cand.tags[key]), StoredEval.parse(prod.tags[key]), key[len(EVAL_TAG_PREFIX) :]
 
 
 def gated_promote(
@@ -189,8 +318,23 @@ def gated_promote(
     record: dict[str, Any]
     try:
         c, p, dataset_hash = _common_eval(store, settings, cand, prod, dataset or gate.dataset)
-        passed, rows = check(c, p, gate.metrics, gate.margin)
-        verdict = GateVerdict(passed, rows, gate.margin, dataset_hash, cand.ref, prod.ref)
+        passed, rows = check(c.metrics, p.metrics, gate.metrics, gate.margin)
+        failures: tuple[ClassGateRow, ...] = ()
+        n_classes = 0
+        if gate.max_class_drop is not None:
+            failures, n_classes = check_classes(c, p, gate.class_metric, gate.max_class_drop)
+        verdict = GateVerdict(
+            passed and not failures,
+            rows,
+            gate.margin,
+            dataset_hash,
+            cand.ref,
+            prod.ref,
+            gate.class_metric if gate.max_class_drop is not None else None,
+            gate.max_class_drop,
+            failures,
+            n_classes,
+        )
         record = verdict.to_dict()
     except InvalidInput as exc:
         if not force:

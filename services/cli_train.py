@@ -13,21 +13,26 @@ from infra.settings import Settings
 
 @click.group()
 def datasets() -> None:
-    """Image–text pair datasets: validate, or write toy ones."""
+    """Image–text pair and labelled-image datasets: validate, or write toy ones."""
 
 
 @datasets.command("validate")
 @click.argument("source")
 def datasets_validate(source: str) -> None:
-    """Check every row of SOURCE (JSONL, CSV or a folder); print its size and content hash."""
+    """Check every row of SOURCE (JSONL, CSV, a folder, or a folder per class); print its size and content hash.
+
+    Rows need a caption (finetuning and caption retrieval) or a label (class-query evaluation), or both."""
     from registry.datasets import load_pairs
 
-    data = load_pairs(source)
-    labels = data.labels
+    data = load_pairs(source, require_captions=False, lazy=True)
+    n_classes = len({r.label for r in data.rows if r.label is not None})
+    captions = {c for c in data.captions if c}
     click.echo(
-        f"{source}: {len(data)} pairs, {len(set(data.captions))} distinct captions, "
-        f"{len(set(labels)) if labels else 'no'} classes; content hash {data.content_hash}"
+        f"{source}: {len(data)} rows, {data.n_captioned} with a caption ({len(captions)} distinct), "
+        f"{data.n_labelled} with a label ({n_classes or 'no'} classes); content hash {data.content_hash}"
     )
+    if data.n_captioned < len(data):
+        click.echo(f"  {len(data) - data.n_captioned} rows have no caption: usable for evaluation, not finetuning")
 
 
 @datasets.command("toy")
@@ -97,19 +102,65 @@ def finetune(
     click.echo(json.dumps(out, indent=2))
 
 
+def _ks(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        ks = tuple(sorted({int(k) for k in value.split(",") if k.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers") from None
+    if not ks or ks[0] < 1:
+        raise click.BadParameter(f"{value!r}: every K is a whole number of 1 or more")
+    return ks
+
+
+def _templates(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    for template in value:
+        if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.count("}") != 1:
+            raise click.BadParameter(f"{template!r}: a class query holds the class name as one '{{}}'")
+    return value
+
+
 @click.command("eval")
 @click.argument("name")
 @click.argument("version")
-@click.option("--dataset", required=True, help="held-out image–text pairs")
+@click.option("--dataset", required=True, help="held-out images with captions and/or class labels")
 @click.option("--against", default="production", show_default=True, help="an alias or version to compare with")
-@click.option("--per-class", is_flag=True, help="also print per-class figures")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="write the reports here")
-def eval_cmd(name: str, version: str, dataset: str, against: str, per_class: bool, json_out: Path | None) -> None:
-    """Score VERSION (and the version it is compared with) on one held-out set; logged to MLflow."""
+@click.option("--k", "ks", callback=_ks, default=None, help="cut-offs of the class queries, e.g. 200,1000 [10,100]")
+@click.option(
+    "--class-queries",
+    multiple=True,
+    callback=_templates,
+    help="prompt template of the class queries, e.g. 'a photo of {}' (repeatable, ensembled) [vlmops' own four]",
+)
+@click.option("--per-class", is_flag=True, help="print the per-class table, base against candidate")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write the reports here (per version: metrics and per_class[label][metric]); with --per-class the "
+    "table goes beside it as .csv and .png",
+)
+def eval_cmd(
+    name: str,
+    version: str,
+    dataset: str,
+    against: str,
+    ks: tuple[int, ...] | None,
+    class_queries: tuple[str, ...],
+    per_class: bool,
+    json_out: Path | None,
+) -> None:
+    """Score VERSION (and the version it is compared with) on one held-out set; logged to MLflow.
+
+    Caption retrieval (t2i/i2t at 1, 5, 10 and every --k), class queries over every image (Recall@K,
+    Precision@K, R-Precision per class, macro and micro) and zero-shot accuracy."""
     from infra.errors import NotFound
     from registry.datasets import load_pairs
-    from registry.evaluation import table
-    from registry.gate import evaluate_versions
+    from registry.evaluation import DEFAULT_CLASS_KS, DEFAULT_KS, table
+    from registry.families.clip import DEFAULT_TEMPLATES
+    from registry.gate import comparison, evaluate_versions
     from registry.store import RegistryStore
 
     settings = Settings()
@@ -121,15 +172,34 @@ def eval_cmd(name: str, version: str, dataset: str, against: str, per_class: boo
             versions.append(other)
     except NotFound:
         click.echo(f"({name} has no {against!r} version to compare with)")
-    reports = evaluate_versions(store, settings, versions, load_pairs(dataset))
+    data = load_pairs(dataset, require_captions=False, lazy=True)
+    class_ks = ks or DEFAULT_CLASS_KS
+    reports = evaluate_versions(
+        store,
+        settings,
+        versions,
+        data,
+        sorted({*DEFAULT_KS, *class_ks}),
+        class_ks,
+        class_queries or DEFAULT_TEMPLATES,
+    )
     click.echo(table(reports))
+    classes = comparison(reports)
     if per_class:
-        for label, rep in reports.items():
-            click.echo(f"\nper class, {label}:")
-            for cls, row in rep.per_class.items():
-                click.echo(
-                    f"  {cls:<22} zero-shot {row['zero_shot_acc']:.3f}  "
-                    f"t2i R@5 {row.get('t2i_recall@5', float('nan')):.3f}  i2t R@1 {row['i2t_recall@1']:.3f}"
-                )
+        if classes is not None:
+            click.echo("\n" + classes.text())
+        elif not any(r.per_class for r in reports.values()):
+            click.echo("\n(no class labels in this dataset: no per-class figures)")
+        else:
+            for label, rep in reports.items():
+                click.echo(f"\nper class, {label}:")
+                for cls, row in rep.per_class.items():
+                    figures = "  ".join(f"{m} {row[m]:.4f}" for m in rep.class_metric_names())
+                    n, acc = int(row["n_images"]), row["zero_shot_acc"]
+                    click.echo(f"  {cls:<22} n={n:<6} {figures}  zero-shot {acc:.3f}")
     if json_out:
         json_out.write_text(json.dumps({k: json.loads(r.to_json()) for k, r in reports.items()}, indent=2))
+        if per_class and classes is not None:
+            classes.write_csv(json_out.with_suffix(".csv"))
+            classes.plot(json_out.with_suffix(".png"))
+            click.echo(f"wrote {json_out}, {json_out.with_suffix('.csv')}, {json_out.with_suffix('.png')}")

@@ -122,5 +122,6 @@ def evaluate(self: Task, name: str, versions: list[str], dataset: str) -> dict[s
 
     settings = Settings()
     store = RegistryStore.from_settings(settings)
-    reports = evaluate_versions(store, settings, [store.resolve(f"{name}/{v}") for v in versions], load_pairs(dataset))
+    data = load_pairs(dataset, require_captions=False, lazy=True)
+    reports = evaluate_versions(store, settings, [store.resolve(f"{name}/{v}") for v in versions], data)
     return {label: r.metrics for label, r in reports.items()}

@@ -64,4 +64,38 @@ def test_csv_and_folder_forms(tmp_path: Path) -> None:
         load_pairs(folder)
     (tmp_path / "bad.csv").write_text("picture,text\nx.png,hello\n")
     with pytest.raises(DatasetError, match="missing column"):
-        load_pairs(tmp_path / "bad.csv")
+        load_pairs(tmp_path / "bad.csv")  # no image column
+
+
+def test_labels_without_captions_in_every_form(tmp_path: Path) -> None:
+    """JSONL {image, label}, CSV image,label and a folder per class: the same rows, the same hash; accepted for
+    evaluation, refused for finetuning (which needs captions); a row with neither is named."""
+    world = ToyWorld()
+    samples = list(world.samples(6, Split.VAL, n_objects=1))
+    jsonl = write_toy_dataset(tmp_path / "jsonl", 6, split=Split.VAL, captions=False)
+    assert all(set(json.loads(line)) == {"image", "label"} for line in jsonl.read_text().splitlines())
+    csv_rows, classes = ["image,label"], tmp_path / "classes"
+    for i, s in enumerate(samples):
+        (classes / s.label).mkdir(parents=True, exist_ok=True)
+        (classes / s.label / f"{i}.png").write_bytes(encode_png(s.image))
+        csv_rows.append(f"classes/{s.label}/{i}.png,{s.label}")
+    (tmp_path / "labels.csv").write_text("\n".join(csv_rows) + "\n")
+
+    loaded = [load_pairs(p, require_captions=False, lazy=True) for p in (jsonl, tmp_path / "labels.csv", classes)]
+    for data in loaded:
+        assert len(data) == 6 and data.n_captioned == 0 and data.n_labelled == 6
+        assert sorted(data.labels or []) == sorted(s.label for s in samples)
+        assert all(im.size == (64, 64) for im in data.images[0:6])  # read again from disk, on demand
+    assert loaded[0].content_hash == loaded[1].content_hash  # same images, same labels, same order
+    with pytest.raises(DatasetError, match="empty caption"):
+        load_pairs(jsonl)  # finetuning
+
+    # a caption beside an image in a class folder is used too; a row with neither caption nor label is named
+    (classes / samples[0].label / "0.txt").write_text("a caption too")
+    assert load_pairs(classes, require_captions=False).n_captioned == 1
+    jsonl.write_text(jsonl.read_text() + json.dumps({"image": jsonl.parent.glob("*.png").__next__().name}) + "\n")
+    with pytest.raises(DatasetError, match="row 7: no caption and no label"):
+        load_pairs(jsonl, require_captions=False)
+    (tmp_path / "bad.csv").write_text("image\nx.png\n")
+    with pytest.raises(DatasetError, match="needs 'image' and 'caption' and/or 'label'"):
+        load_pairs(tmp_path / "bad.csv", require_captions=False)

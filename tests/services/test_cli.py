@@ -123,7 +123,7 @@ class TestFinetuneCommands:
         pairs = tmp_path / "pairs"
         path = invoke(runner, "datasets", "toy", str(pairs), "--n", "48", "--split", "test").strip()
         out = invoke(runner, "datasets", "validate", path)
-        assert "48 pairs" in out and "content hash" in out
+        assert "48 rows, 48 with a caption" in out and "48 with a label" in out and "content hash" in out
 
         toy_clip[0].save(tmp_path / "good")
         ClipModel.from_pretrained("vlmops-toy-clip", seed=4).save(tmp_path / "bad")
