@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.pipeline --arch vlmops-toy-clip --n 20000 --batch 64
 	$(BIN)/python -m bench.finetune
+	$(BIN)/python -m bench.class_eval
 
 serve: setup
 	$(BIN)/vlmops serve embedding --port 3000

@@ -52,8 +52,18 @@ class ClassComparison:
     rows: tuple[ClassRow, ...]  # the classes, then the macro and micro rows
 
     @classmethod
-    def of(cls, base_name: str, base: EvalReport, candidate_name: str, candidate: EvalReport) -> ClassComparison:
-        metrics = tuple(m for m in candidate.class_metric_names() if m in base.class_metric_names())
+    def of(
+        cls,
+        base_name: str,
+        base: EvalReport,
+        candidate_name: str,
+        candidate: EvalReport,
+        only: Sequence[str] | None = None,
+    ) -> ClassComparison:
+        """The table of two reports on one dataset; ``only`` keeps those class metrics (default: all)."""
+        metrics = tuple(
+            m for m in candidate.class_metric_names() if m in base.class_metric_names() and (only is None or m in only)
+        )
         rows = []
         for label in sorted(set(base.per_class) | set(candidate.per_class)):
             b, c = base.per_class.get(label, {}), candidate.per_class.get(label, {})

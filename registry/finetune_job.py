@@ -46,7 +46,7 @@ def run_finetune_job(
         raise InvalidInput(f"{base.ref} is a {base.family} model; finetuning takes a CLIP version")
     data = load_pairs(dataset)  # every row checked before anything trains
     if eval_dataset:
-        train, held = data, load_pairs(eval_dataset)
+        train, held = data, load_pairs(eval_dataset, require_captions=False)  # labels only: class queries
     elif config.eval_fraction > 0:
         train, held = data.split(config.eval_fraction, config.seed)
     else:

@@ -106,12 +106,12 @@ def evaluate_versions(
     return reports
 
 
-def comparison(reports: dict[str, EvalReport]) -> ClassComparison | None:
+def comparison(reports: dict[str, EvalReport], only: Sequence[str] | None = None) -> ClassComparison | None:
     """The per-class table of the candidate (first report) against its base (second), where both have classes."""
     if len(reports) != 2:
         return None
     (cand_name, cand), (base_name, base) = reports.items()
-    return ClassComparison.of(base_name, base, cand_name, cand) if cand.per_class and base.per_class else None
+    return ClassComparison.of(base_name, base, cand_name, cand, only) if cand.per_class and base.per_class else None
 
 
 def write_eval_files(reports: dict[str, EvalReport], folder: Path) -> list[Path]:

@@ -53,7 +53,7 @@ def datasets_toy(folder: Path, n: int, domain: str, split: str, seed: int) -> No
 @click.command()
 @click.option("--base", default=None, help="the CLIP version to start from (default: production of the model)")
 @click.option("--dataset", required=True, help="image–text pairs: JSONL, CSV or a folder")
-@click.option("--eval-dataset", default=None, help="held-out pairs (default: a split of --dataset)")
+@click.option("--eval-dataset", default=None, help="held-out pairs or labelled images (default: a split of --dataset)")
 @click.option("--name", default=None, help="register under this model name (default: the base's)")
 @click.option("--config", "config_file", type=click.Path(exists=True, path_type=Path), help="JSON/TOML/YAML")
 @click.option("--mode", type=click.Choice(["lora", "full"]), default=None)

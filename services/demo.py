@@ -26,7 +26,7 @@ from registry.datasets import load_pairs, write_toy_dataset
 from registry.evaluation import EvalReport, table
 from registry.families.clip import ClipModel
 from registry.finetune import FinetuneConfig
-from registry.gate import evaluate_versions, gated_promote
+from registry.gate import comparison, evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.toy_clip import ToyTrainConfig, train_toy_clip
 from services.client import EmbeddingGrpc
@@ -211,6 +211,10 @@ def finetune_demo(settings: Settings, search: SearchClient, seed: int = 0) -> fl
         shown[part] = evaluate_versions(store, settings, [candidate, base], data)
         click.echo(f"\n{part} ({len(data)} held-out images), candidate against production:")
         click.echo(table(shown[part], HEADLINE))
+    per_class = comparison(shown["held-shifted"], ("class_recall@10", "class_r_precision"))
+    if per_class is not None:
+        click.echo("\nper class on the shifted held-out set, class queries over every image (as ONiT's table):")
+        click.echo(per_class.text())
     click.echo("\npromotion gate on the mixed held-out set:")
     event, verdict = gated_promote(
         store, settings, name, candidate.version, "demo: LoRA on the shifted domain", dataset=str(paths["held-mixed"])
