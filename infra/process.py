@@ -110,6 +110,7 @@ class ServiceProcess:
     ) -> None:
         self.name = name
         self.host = host
+        self._own_port = port is None
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         # a port of its own unless ``env`` names one: two servers on one port would share it (SO_REUSEPORT)
@@ -134,10 +135,29 @@ class ServiceProcess:
         """``host:port`` of its gRPC server (empty when it serves none: port 0)."""
         return f"127.0.0.1:{self.grpc_port}" if self.grpc_port else ""
 
-    def start(self) -> ServiceProcess:
-        self.launch()
-        self.wait_ready()
+    def start(self, attempts: int = 3) -> ServiceProcess:
+        """Launch and wait until ready. A port this object chose that another process took between the
+        choice and the bind (a client's ephemeral port, say) is chosen again, up to ``attempts`` times."""
+        for attempt in range(1, attempts + 1):
+            mark = self.log_path.stat().st_size if self.log_path is not None and self.log_path.is_file() else 0
+            self.launch()
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError:
+                if not (self._own_port and attempt < attempts and self._port_was_taken(mark)):
+                    raise
+                terminate_group(self.proc, 20)
+                self.port = free_port()
         return self
+
+    def _port_was_taken(self, since: int) -> bool:
+        """Whether the log written since byte ``since`` says the port was in use."""
+        if self.log_path is None or not self.log_path.is_file():
+            return False
+        with self.log_path.open("rb") as fh:
+            fh.seek(max(since, self.log_path.stat().st_size - 8192))
+            return b"Address already in use" in fh.read()
 
     def launch(self) -> None:
         """Start the process without waiting for it to be ready."""

@@ -68,11 +68,11 @@ def test_a_collection_over_grpc_from_create_to_delete(client: SearchGrpc) -> Non
 
     classes = one_per_class()
     assert len(classes) == 24
-    first = client.ingest(
-        "shapes", [b for b, _ in classes], [{"label": label, "n": i} for i, (_, label) in enumerate(classes)]
-    )
+    payloads = [{"label": label, "n": i} for i, (_, label) in enumerate(classes)]
+    first = client.ingest("shapes", [b for b, _ in classes], payloads)
     assert len(first.ids) == 24 and first.count == 24
-    again = client.ingest("shapes", [b for b, _ in classes[:3]])  # idempotent by content
+    # idempotent by content (the same payloads: a re-ingest without one would store the item's payload empty)
+    again = client.ingest("shapes", [b for b, _ in classes[:3]], payloads[:3])
     assert list(again.ids) == list(first.ids[:3]) and again.count == 24
 
     more = [
