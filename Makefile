@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python -m bench.grpc_vs_http
 	$(BIN)/python -m bench.vision
 	$(BIN)/python -m bench.index
+	$(BIN)/python -m bench.pipeline_stages
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.pipeline --arch vlmops-toy-clip --n 20000 --batch 64
 	$(BIN)/python -m bench.finetune

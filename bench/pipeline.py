@@ -52,7 +52,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--n", type=int, default=256, help="images ingested, then reindexed")
-    parser.add_argument("--batch", type=int, default=32, help="images per ingest request and per reindex page")
+    parser.add_argument("--batch", type=int, default=32, help="images per ingest request")
+    parser.add_argument("--page", type=int, default=1024, help="items per reindex page (VLMOPS_WORKER__PAGE_SIZE)")
+    parser.add_argument("--embed", choices=["local", "service"], default="local", help="who embeds for the reindex")
     args = parser.parse_args()
     device = resolve_device("auto")
     model = ClipModel.from_pretrained(args.arch, device=device, seed=0)
@@ -64,7 +66,14 @@ def main() -> None:
     sample = blobs[: min(len(blobs), 4096)]
     raw_before = raw_images_per_s(model, sample, args.batch)
     print(f"raw: {raw_before:.1f} images/s (decode + preprocess + forward, batch {args.batch}, {device})")
-    results: dict[str, Any] = {"arch": args.arch, "device": device, "n": args.n, "batch": args.batch}
+    results: dict[str, Any] = {
+        "arch": args.arch,
+        "device": device,
+        "n": args.n,
+        "batch": args.batch,
+        "page": args.page,
+        "embed": args.embed,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         store = RegistryStore.from_settings(Settings(home=home))
@@ -78,7 +87,8 @@ def main() -> None:
             "VLMOPS_SEARCH__DEFAULT_MODEL": MODEL,
             "VLMOPS_EMBEDDING__MAX_BATCH_SIZE": str(args.batch),
             "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "60000",
-            "VLMOPS_WORKER__PAGE_SIZE": str(args.batch),
+            "VLMOPS_WORKER__PAGE_SIZE": str(args.page),
+            "VLMOPS_WORKER__EMBED": args.embed,
             "VLMOPS_WORKER__RECONCILE": "false",  # the job below targets a version that is not production
         }
         with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
@@ -96,13 +106,24 @@ def main() -> None:
                     http.post("/ingest", json={"collection": "bench", "items": items}).raise_for_status()
                 ingest = args.n / (time.perf_counter() - t0)
                 print(f"ingest end to end: {ingest:.1f} images/s ({ingest / raw_before:.2f} of raw before)")
+                # a small collection first: the worker boots and loads version v2 (the start-up is reported
+                # apart; a big rebuild pays it once), then the timed rebuild
+                http.post("/collections/create", json={"name": "warm"}).raise_for_status()
+                warm_items = [{"image": to_base64(b), "payload": {}} for b in blobs[:8]]
+                http.post("/ingest", json={"collection": "warm", "items": warm_items}).raise_for_status()
                 with WorkerProcess(env=env, log_path=home / "worker.log"):
                     app = make_app(Settings(home=home))
-                    warm = app.send_task("vlmops.reindex", args=["bench", v2])  # first job: worker start-up
                     t0 = time.perf_counter()
-                    out = warm.get(timeout=3600)
+                    app.send_task("vlmops.reindex", args=["warm", v2]).get(timeout=600)
+                    results["job_start_up_s"] = time.perf_counter() - t0
+                    print(f"first job (worker start-up, version {v2} loaded): {results['job_start_up_s']:.1f} s")
+                    t0 = time.perf_counter()
+                    out = app.send_task("vlmops.reindex", args=["bench", v2]).get(timeout=3600)
                     reindex = out["count"] / (time.perf_counter() - t0)
                 print(f"reindex job: {reindex:.1f} items/s ({reindex / raw_before:.2f} of raw before)")
+                stages = [ln for ln in (home / "worker.log").read_text().splitlines() if "to version" in ln]
+                if stages:
+                    print(f"  the job's stages: {stages[-1].split('items; ', 1)[-1][:300]}")
     raw_after = raw_images_per_s(reference, sample, args.batch)
     raw = (raw_before + raw_after) / 2
     print(f"raw again: {raw_after:.1f} images/s; reference: their mean, {raw:.1f}")
@@ -122,7 +143,7 @@ def main() -> None:
         ("reindex (Celery job)", reindex),
     ):
         print(f"{name:<28} {value:>9.1f} {value / raw:>7.2f}")
-    write_results(f"pipeline-{args.arch}-{args.n}-{device}", results)
+    write_results(f"pipeline-{args.arch}-{args.n}-{device}-{args.embed}", results)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -178,8 +179,15 @@ class WorkerSettings(BaseModel):
 
     search_url: str = "http://127.0.0.1:3001"
     embedding_url: str = "http://127.0.0.1:3000"
-    page_size: int = Field(64, ge=1, description="items a reindex job re-embeds per step")
-    inflight_pages: int = Field(3, ge=1, description="pages a reindex job has in flight at once (overlapped)")
+    page_size: int = Field(
+        1024, ge=1, le=4096, description="items a reindex job reads and writes per step (one index upsert each)"
+    )
+    inflight_pages: int = Field(2, ge=1, description="pages a job's stages may hold between them (overlapped)")
+    embed: Literal["local", "service"] = Field(
+        "local",
+        description="who embeds for a reindex: the worker itself, loading the pinned version from the registry "
+        "(GPU worker pools; the bulk paths at the model's speed), or the embedding service (CPU workers)",
+    )
     grace_s: float = Field(
         60.0, ge=0, description="how long a replaced collection stays before the search service drops it"
     )

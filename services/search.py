@@ -103,7 +103,7 @@ class ResultOut(BaseModel):
     log_format=SETTINGS.log_format,
     read=("list_collections", "search"),
     write=("create_collection", "ingest"),
-    admin=("delete_collection", "start_build", "build_items", "write_build", "finish_build"),
+    admin=("delete_collection", "start_build", "build_items", "write_build", "write_build_vectors", "finish_build"),
     fast_path=False,
     grpc=servicers(LIMITS),
 )
@@ -311,6 +311,23 @@ class SearchService:
                 for p in points
             ]
             return {"count": self.catalog.write_build(collection, physical, decoded)}
+
+    @bentoml.api(route="/builds/write_vectors")
+    def write_build_vectors(
+        self, collection: str, physical: str, ids: list[str], payloads: list[dict[str, Any]], vectors_b64: str
+    ) -> dict:
+        """A page of a rebuild in one upsert: ``vectors_b64`` is the page's vectors as one buffer of
+        little-endian float32, a row per id (a bulk job's page costs one decode, not one per point)."""
+        audit_target(collection)
+        with http_errors():
+            if len(ids) != len(payloads) or not ids:
+                raise InvalidInput(f"{len(ids)} ids and {len(payloads)} payloads: give one payload per id")
+            flat = np.frombuffer(decode_base64(vectors_b64, "vectors_b64"), dtype="<f4")
+            if flat.size % len(ids):
+                raise InvalidInput(f"vectors_b64 holds {flat.size} floats, not a whole row for each of {len(ids)} ids")
+            rows = flat.reshape(len(ids), -1).tolist()
+            points = [IndexPoint(i, v, p) for i, v, p in zip(ids, rows, payloads, strict=True)]
+            return {"count": self.catalog.write_build(collection, physical, points)}
 
     @bentoml.api(route="/builds/finish")
     def finish_build(self, collection: str, physical: str, grace_s: float = 60.0) -> dict:

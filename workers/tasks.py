@@ -14,10 +14,14 @@ from infra.settings import Settings
 from infra.uris import UriPolicy
 from registry.store import PRODUCTION, RegistryStore
 from workers.app import app
+from workers.embedder import EmbedderCache
 from workers.metrics import JobItems
 from workers.pipelines.ingest import run_ingest
-from workers.pipelines.reindex import run_reindex
+from workers.pipelines.reindex import remote, run_reindex
 from workers.reconcile import reconciler, record_end, record_start
+
+# the versions this worker process has loaded for reindex jobs (made on first use: settings are read then)
+EMBEDDERS = EmbedderCache()
 
 
 @app.task(bind=True, name="vlmops.reindex")
@@ -28,8 +32,8 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
     when it is retried, succeeded), where the reconciler and ``vlmops collections`` read it."""
     settings = Settings()
     search = search_client(settings)
+    model = search.collection(collection)["model"]
     if version is None:
-        model = search.collection(collection)["model"]
         version = RegistryStore.from_settings(settings).by_alias(model, PRODUCTION).version
     db = CatalogDB(settings.catalog_uri)
     record_start(db, collection, version, str(self.request.id))
@@ -42,11 +46,15 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
 
     try:
         counted.expect(int(search.collection(collection)["count"]))
+        if settings.worker.embed == "local":
+            embed = EMBEDDERS.get(model, version)
+        else:
+            embed = remote(embedding_client(settings), version)
         result = run_reindex(
             collection,
             version,
             search,
-            embedding_client(settings),
+            embed,
             BlobStore(settings.blob_uri),
             page_size=settings.worker.page_size,
             grace_s=settings.worker.grace_s,

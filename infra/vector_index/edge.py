@@ -21,6 +21,13 @@ from infra.errors import InvalidInput, NotFound
 from infra.vector_index.base import HNSW_EF, HNSW_EF_CONSTRUCT, HNSW_M, Filter, Hit, IndexPoint, VectorIndex
 
 
+def _floats(vector: Sequence[float]) -> list[float]:
+    """A vector as the list of Python floats Edge takes (``ndarray.tolist`` gives one already)."""
+    if isinstance(vector, list) and (not vector or type(vector[0]) is float):
+        return vector
+    return [float(x) for x in vector]
+
+
 def _filter(conditions: Filter | None) -> qe.Filter | None:
     if not conditions:
         return None
@@ -78,7 +85,7 @@ class EdgeIndex(VectorIndex):
 
     def upsert(self, physical: str, points: Sequence[IndexPoint]) -> None:
         if points:
-            ops = [qe.Point(p.id, [float(x) for x in p.vector], dict(p.payload)) for p in points]
+            ops = [qe.Point(p.id, _floats(p.vector), dict(p.payload)) for p in points]
             shard = self._shard(physical)
             shard.update(qe.UpdateOperation.upsert_points(ops))
             shard.flush()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
@@ -245,3 +246,27 @@ def test_a_failed_reindex_shows_in_the_cli_and_on_metrics(stack: dict[str, Any])
     while 'vlmops_reindex_failures{collection="toys-failing"} 2.0' not in httpx.get(f"{url}/metrics").text:
         assert time.monotonic() < deadline, "the failure never reached /metrics"
         time.sleep(0.5)
+
+
+def test_the_worker_embeds_each_image_as_the_embedding_service_does(stack: dict[str, Any]) -> None:
+    """A reindex embeds in the worker (the pinned version from the registry, no trip through the service):
+    its vectors must be the service's, or a rebuilt collection would answer queries a little off."""
+    from infra.clients import EmbeddingClient
+    from workers.embedder import EmbedderCache
+
+    blobs = [encode_png(s.image) for s in ToyWorld().samples(40, Split.TEST, start=9100)]
+    blobs.append(jpeg_of(ToyWorld().sample(9200, Split.TEST).image.resize((150, 90))))  # resized and cropped
+    service = EmbeddingClient(stack["env"]["VLMOPS_WORKER__EMBEDDING_URL"]).embed_image(blobs, model_version="1")
+    assert set(service.versions) == {"1"}
+    local = EmbedderCache(make_settings(stack["home"])).get(MODEL, "1")(blobs)
+    assert local.dtype == np.float32 and local.shape == service.vectors.shape
+    assert np.allclose(np.linalg.norm(local, axis=1), 1.0, atol=1e-5)
+    assert np.abs(local - service.vectors).max() <= 2e-6
+
+
+def jpeg_of(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()

@@ -1,19 +1,26 @@
 """Re-embed every item of a collection with another model version, into a staging collection that the
 search service swaps in atomically when it is complete.
 
-A pipeline of small stages: ``pages`` (reader: the live items, a page at a time, following the index's
-scroll cursor, so the collection is read once in all) → ``embed_page`` (mapper: originals from the
-blob store, embedded by the embedding service pinned to the version) → ``write_page`` (writer:
-vectors streamed to the search service) → ``run_reindex`` (runner). Every write is an idempotent
-upsert by item id, so a job that is killed and redelivered runs again from the start and ends with
-the same items, none lost, none duplicated.
+A pipeline of small stages, each on a thread of its own with a bounded queue between them, so reading,
+embedding and writing overlap and memory stays at a few pages whatever the collection's size:
+- ``read_pages`` (reader): the live items a page at a time, following the index's scroll cursor (the
+  collection is read once in all), with their originals from the blob store;
+- the mapper: the page's images embedded by the pinned version, in the worker
+  (:class:`workers.embedder.VersionEmbedder`, the default) or by the embedding service (``remote``);
+- ``write_vectors`` (writer): the page's vectors sent to the search service as one little-endian float32
+  buffer, written to the staging collection in one upsert;
+- ``run_reindex`` (runner).
+
+Every write is an idempotent upsert by item id, so a job that is killed and redelivered runs again from
+the start and ends with the same items, none lost, none duplicated.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +28,12 @@ import numpy as np
 
 from infra.blobs import BlobStore
 from infra.clients import EmbeddingClient, SearchClient
+from workers.pipelines.stages import StageClock, ahead
+
+log = logging.getLogger("vlmops.reindex")
 
 Progress = Callable[[int, str], None]
+Mapper = Callable[[Sequence[bytes]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,12 @@ class ReindexResult:
     physical: str
     count: int
     dropped: list[str]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]  # id and payload (the payload names the item's blob)
+    blobs: list[bytes]
 
 
 def pages(search: SearchClient, collection: str, size: int) -> Iterator[list[dict[str, Any]]]:
@@ -45,63 +62,85 @@ def pages(search: SearchClient, collection: str, size: int) -> Iterator[list[dic
             return
 
 
-def embed_page(page: list[dict[str, Any]], blobs: BlobStore, embedder: EmbeddingClient, version: str) -> np.ndarray:
-    images = [blobs.get(item["payload"]["blob"]) for item in page]
-    emb = embedder.embed_image(images, model_version=version)
-    if set(emb.versions) != {version}:
-        raise RuntimeError(f"asked for version {version}, embedded by {set(emb.versions)}")
-    return emb.vectors
+def read_pages(search: SearchClient, blobs: BlobStore, collection: str, size: int) -> Iterator[Page]:
+    for items in pages(search, collection, size):
+        yield Page(items, [blobs.get(item["payload"]["blob"]) for item in items])
 
 
-def write_page(
-    search: SearchClient, collection: str, physical: str, page: list[dict[str, Any]], vectors: np.ndarray
+def remote(embedder: EmbeddingClient, version: str) -> Mapper:
+    """The embedding service as the mapper (pinned to ``version``; it answers with the version it used)."""
+
+    def embed(images: Sequence[bytes]) -> np.ndarray:
+        emb = embedder.embed_image(images, model_version=version)
+        if set(emb.versions) != {version}:
+            raise RuntimeError(f"asked for version {version}, embedded by {set(emb.versions)}")
+        return emb.vectors
+
+    return embed
+
+
+def pack(vectors: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
+
+
+def write_vectors(
+    search: SearchClient, collection: str, physical: str, items: list[dict[str, Any]], vectors: np.ndarray
 ) -> int:
-    points = [
-        {
-            "id": item["id"],
-            "vector_b64": base64.b64encode(vec.astype("<f4").tobytes()).decode(),
-            "payload": item["payload"],
-        }
-        for item, vec in zip(page, vectors, strict=True)
-    ]
-    return int(search.post("/builds/write", collection=collection, physical=physical, points=points)["count"])
+    body = {
+        "collection": collection,
+        "physical": physical,
+        "ids": [item["id"] for item in items],
+        "payloads": [item["payload"] for item in items],
+        "vectors_b64": pack(vectors),
+    }
+    return int(search.post("/builds/write_vectors", **body)["count"])
 
 
 def run_reindex(
     collection: str,
     version: str,
     search: SearchClient,
-    embedder: EmbeddingClient,
+    embed: Mapper,
     blobs: BlobStore,
-    page_size: int = 64,
+    page_size: int = 1024,
     grace_s: float = 60.0,
     progress: Progress | None = None,
-    inflight: int = 3,
+    inflight: int = 2,
     replace: bool = False,
 ) -> ReindexResult:
-    """``replace``: a build of another version that no job drives any more is abandoned first."""
-    build = search.post("/builds/start", collection=collection, version=version, replace=replace)
+    """``embed`` maps a page's image files to the vectors of ``version``; ``inflight`` pages may wait
+    between two stages. ``replace``: a build of another version that no job drives any more is abandoned
+    first."""
+    clock = StageClock()
+    with clock("start"):
+        build = search.post("/builds/start", collection=collection, version=version, replace=replace)
+    physical = build["physical"]
     done = 0
-
-    def step(page: list[dict[str, Any]]) -> int:
-        write_page(search, collection, build["physical"], page, embed_page(page, blobs, embedder, version))
-        return len(page)
-
-    # up to ``inflight`` pages at once: blob reads, embedding (batched by the service) and index
-    # writes of different pages overlap; the swap checks completeness, so order does not matter
-    with ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="reindex") as pool:
-        running: set[Future[int]] = set()
-        for page in pages(search, collection, page_size):
-            running.add(pool.submit(step, page))
-            if len(running) >= inflight:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                done += sum(f.result() for f in finished)
-                if progress is not None:
-                    progress(done, "embedding")
-        done += sum(f.result() for f in running)
+    writes: list[Future[int]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reindex-write") as writer:
+        pipeline = ahead(read_pages(search, blobs, collection, page_size), inflight, "reindex-read")
+        while True:
+            with clock("wait for reader"):
+                page = next(pipeline, None)
+            if page is None:
+                break
+            with clock("embed"):
+                vectors = embed(page.blobs)
+            writes.append(writer.submit(write_vectors, search, collection, physical, page.items, vectors))
+            done += len(page.items)
+            with clock("wait for writer"):
+                while len(writes) > inflight or (writes and writes[0].done()):
+                    writes.pop(0).result()  # a failed write fails the job here
+            if progress is not None:
+                progress(done, "embedding")
+        with clock("wait for writer"):
+            for future in writes:
+                future.result()
     if progress is not None:
         progress(done, "embedding")
-    out = search.post("/builds/finish", collection=collection, physical=build["physical"], grace_s=grace_s)
+    with clock("finish (completeness check, swap)"):
+        out = search.post("/builds/finish", collection=collection, physical=physical, grace_s=grace_s)
+    log.info("reindex %s to version %s: %d items; %s", collection, version, done, clock.summary())
     if progress is not None:
-        progress(done, "swapped")
+        progress(int(out["count"]), "swapped")
     return ReindexResult(collection, version, out["physical"], int(out["count"]), list(out["dropped"]))
