@@ -179,6 +179,8 @@ def run_jobs(home: Path, store: RegistryStore, emb: str, search: str) -> tuple[s
     port = free_port()
     env = {"VLMOPS_HOME": str(home), "VLMOPS_WORKER__SEARCH_URL": search, "VLMOPS_WORKER__EMBEDDING_URL": emb}
     env |= {"VLMOPS_WORKER__RECONCILE": "false", "VLMOPS_WORKER__PAGE_SIZE": "8"}
+    # the reindex through the embedding service (a CPU worker pool's set-up), so the service pins its version
+    env["VLMOPS_WORKER__EMBED"] = "service"
     env |= {"VLMOPS_WORKER__METRICS_PORT": str(port), "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(folder)])}
     v2 = store.register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=7)).version
     app = make_app(make_settings(home))  # the embedded broker under home, as the worker's
@@ -213,8 +215,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, d
         wait_for(search, lambda p: value(p, "vlmops_collection_items", collection="dash", version="1") == N_ITEMS)
         v2, before, after = run_jobs(home, store, emb, search)
 
-        def swapped(page: str) -> bool:  # the janitor's next pass after the swap
-            return value(page, "vlmops_collection_items", collection="dash", version=v2) == N_ITEMS
+        def swapped(page: str) -> bool:  # the janitor's next pass after the swap and the bulk ingest
+            return (
+                value(page, "vlmops_collection_items", collection="dash", version=v2) == N_ITEMS
+                and value(page, "vlmops_collection_items", collection="bulk", version="1") == 4
+            )
 
         pages = {"embedding": scrape(emb), "search": wait_for(search, swapped), "worker": after}
         yield World(store, emb, search, v2, before, pages)

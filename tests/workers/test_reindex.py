@@ -270,3 +270,71 @@ def jpeg_of(image: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
+
+
+def test_a_rebuild_of_thousands_survives_a_kill_and_concurrent_ingests(stack: dict[str, Any], tmp_path: Path) -> None:
+    """1,500 items rebuilt in pages of 64 while a client keeps ingesting; the worker is SIGKILLed mid-job and
+    the job is redelivered. At the end every item is there once, and every vector is the new version's: an
+    image searched by itself finds itself first with a score of 1."""
+    import threading
+
+    ensure_redis()
+    name, url, n = "toys-thousands", stack["search"], 1500
+    call(url, "/collections/create", name=name)
+    samples = list(ToyWorld().samples(n + 120, Split.TRAIN, start=40_000))
+    blobs = [encode_png(s.image) for s in samples]
+    for start in range(0, n, 250):
+        items = [{"image": to_base64(b), "payload": {"n": start + i}} for i, b in enumerate(blobs[start : start + 250])]
+        call(url, "/ingest", collection=name, items=items)
+    v = stack["store"].register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=13)).version
+    broker = "redis://127.0.0.1:6379/9"
+    redis.Redis.from_url(broker).flushdb()
+    env = {**stack["env"], "VLMOPS_BROKER_URL": broker, "VLMOPS_WORKER__PAGE_SIZE": "64"}
+    env["VLMOPS_WORKER__VISIBILITY_TIMEOUT_S"] = "3"
+    from workers.app import make_app
+
+    app = make_app(make_settings(stack["home"], broker_url=broker))
+    late, stop = blobs[n:], threading.Event()
+
+    def keep_ingesting() -> None:  # 10 at a time, through the whole rebuild (before, during, after the kill)
+        for start in range(0, len(late), 10):
+            chunk = late[start : start + 10]
+            call(
+                url,
+                "/ingest",
+                collection=name,
+                items=[{"image": to_base64(b), "payload": {"late": True}} for b in chunk],
+            )
+            stop.wait(0.3)
+
+    first = start_worker(env, tmp_path / "worker1.log")
+    result = app.send_task("vlmops.reindex", args=[name, v])
+    ingesting = threading.Thread(target=keep_ingesting)
+    ingesting.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (result.state == "PROGRESS" and (result.info or {}).get("done", 0) >= 300):
+            assert time.monotonic() < deadline, f"the job never got going: {result.state}"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)  # mid-job: unacknowledged
+        first.wait()
+        second = start_worker(env, tmp_path / "worker2.log")
+        try:
+            out = result.get(timeout=300)
+        finally:
+            ingesting.join()
+            stop_worker(second)
+    finally:
+        stop.set()
+    total = len(set(blobs))  # (two toy images alike would be one item)
+    assert out["version"] == v and count(url, name) == (total, v)
+    ids, cursor = [], None
+    while True:
+        page = call(url, "/builds/items", collection=name, cursor=cursor, limit=1000)
+        ids += [item["id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(ids) == len(set(ids)) == total  # every item, none twice
+    for b in [*late, *blobs[:: n // 40]]:  # every late one, and 40 of the rest
+        (hit,) = call(url, "/search", collection=name, image=to_base64(b), top_k=1)
+        assert hit["version"] == v and hit["score"] > 0.9999, hit
