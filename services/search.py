@@ -322,10 +322,13 @@ class SearchService:
         with http_errors():
             if len(ids) != len(payloads) or not ids:
                 raise InvalidInput(f"{len(ids)} ids and {len(payloads)} payloads: give one payload per id")
+            if bad := [i for i in ids if not is_uuid(i)][:3]:
+                raise InvalidInput(f"ids {bad} are not item ids of this service")
+            dim = self.catalog.info(collection).dim
             flat = np.frombuffer(decode_base64(vectors_b64, "vectors_b64"), dtype="<f4")
-            if flat.size % len(ids):
-                raise InvalidInput(f"vectors_b64 holds {flat.size} floats, not a whole row for each of {len(ids)} ids")
-            rows = flat.reshape(len(ids), -1).tolist()
+            if flat.size != dim * len(ids):
+                raise InvalidInput(f"vectors_b64 holds {flat.size} floats, not {len(ids)} rows of {dim}")
+            rows = flat.reshape(len(ids), dim).tolist()
             points = [IndexPoint(i, v, p) for i, v, p in zip(ids, rows, payloads, strict=True)]
             return {"count": self.catalog.write_build(collection, physical, points)}
 

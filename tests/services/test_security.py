@@ -50,6 +50,7 @@ SCOPES: dict[str, dict[str, str]] = {
         "/builds/start": "admin",
         "/builds/items": "admin",
         "/builds/write": "admin",
+        "/builds/write_vectors": "admin",
         "/builds/finish": "admin",
     },
 }
@@ -69,6 +70,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/builds/start": {"collection": "guarded", "version": "1"},
     "/builds/items": {"collection": "guarded"},
     "/builds/write": {"collection": "guarded", "physical": "x", "points": []},
+    "/builds/write_vectors": {"collection": "guarded", "physical": "x", "ids": [], "payloads": [], "vectors_b64": ""},
     "/builds/finish": {"collection": "guarded", "physical": "x"},
 }
 MAX_BODY = 3_000_000
@@ -388,8 +390,10 @@ def test_a_search_service_with_a_refused_key_says_it_is_its_own_fault(stack: Sta
     }
     with ServiceProcess("search", env=env, log_path=tmp_path / "search.log") as svc:
         headers = {"authorization": f"Bearer {stack.keys['write']}"}
-        assert httpx.post(f"{svc.url}/collections/create", json={"name": "c"}, headers=headers).status_code == 200
-        resp = httpx.post(f"{svc.url}/search", json={"collection": "c", "text": "a star"}, headers=headers)
+        made = httpx.post(f"{svc.url}/collections/create", json={"name": "c"}, headers=headers, timeout=60)
+        assert made.status_code == 200
+        body = {"collection": "c", "text": "a star"}
+        resp = httpx.post(f"{svc.url}/search", json=body, headers=headers, timeout=60)
         assert resp.status_code == 500
     assert "refused this search service's key (VLMOPS_AUTH__KEY)" in (tmp_path / "search.log").read_text()
 
