@@ -8,6 +8,8 @@ root is a local folder by default (``$VLMOPS_HOME/blobs``) or any fsspec URI (``
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 
 import fsspec
 
@@ -34,7 +36,9 @@ class BlobStore:
         """Store ``data``; returns its key (its content hash)."""
         key = content_hash(data)
         path = self._path(key)
-        if not self.fs.exists(path):
+        if self.protocol == "file":
+            self._put_local(path, data)
+        elif not self.fs.exists(path):
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             tmp = f"{path}.tmp-{key[:8]}"
             with self.fs.open(tmp, "wb") as out:
@@ -42,8 +46,25 @@ class BlobStore:
             self.fs.mv(tmp, path)
         return key
 
+    @staticmethod
+    def _put_local(path: str, data: bytes) -> None:
+        """A local folder (or a mounted volume) without fsspec's layers: 89 µs an image through them, a few
+        here (``bench.pipeline_stages``). Written to a temporary name and renamed, so a reader never sees
+        half a blob; a second writer of the same blob renames the same bytes."""
+        if os.path.exists(path):
+            return
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+
     def get(self, key: str) -> bytes:
         try:
+            if self.protocol == "file":
+                with open(self._path(key), "rb") as src:
+                    return src.read()
             with self.fs.open(self._path(key), "rb") as src:
                 return bytes(src.read())
         except FileNotFoundError as exc:
