@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import redis
+from celery.result import AsyncResult
 
 from infra.images import encode_png, to_base64
 from infra.toyworld import Split, ToyWorld
@@ -44,6 +46,16 @@ def call(url: str, route: str, **body: Any) -> Any:
     resp = httpx.post(f"{url}{route}", json=body, timeout=120)
     assert resp.status_code == 200, resp.text
     return resp.json()
+
+
+def kill_mid_job(worker: subprocess.Popen[bytes], result: AsyncResult, done: int) -> None:
+    """SIGKILL ``worker`` once its job reports ``done`` items: mid-job, unacknowledged."""
+    deadline = time.monotonic() + 120
+    while not (result.state == "PROGRESS" and (result.info or {}).get("done", 0) >= done):
+        assert time.monotonic() < deadline, f"the job never got going: {result.state}"
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
 
 
 def make_collection(url: str, name: str) -> None:
@@ -117,12 +129,7 @@ def test_a_killed_worker_is_redelivered_and_the_job_completes(stack: dict[str, A
     app = make_app(make_settings(stack["home"], broker_url=broker))
     first = start_worker(env, tmp_path / "worker1.log")
     result = app.send_task("vlmops.reindex", args=[name, v3])
-    deadline = time.monotonic() + 120
-    while not (result.state == "PROGRESS" and (result.info or {}).get("done", 0) >= 10):
-        assert time.monotonic() < deadline, f"the job never got going: {result.state}"
-        time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)  # mid-job: unacknowledged
-    first.wait()
+    kill_mid_job(first, result, done=10)
     assert count(url, name) == (N_ITEMS, "1")  # nothing swapped yet
     second = start_worker(env, tmp_path / "worker2.log")
     try:
@@ -312,12 +319,7 @@ def test_a_rebuild_of_thousands_survives_a_kill_and_concurrent_ingests(stack: di
     ingesting = threading.Thread(target=keep_ingesting)
     ingesting.start()
     try:
-        deadline = time.monotonic() + 120
-        while not (result.state == "PROGRESS" and (result.info or {}).get("done", 0) >= 300):
-            assert time.monotonic() < deadline, f"the job never got going: {result.state}"
-            time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGKILL)  # mid-job: unacknowledged
-        first.wait()
+        kill_mid_job(first, result, done=300)
         second = start_worker(env, tmp_path / "worker2.log")
         try:
             out = result.get(timeout=300)
