@@ -1,5 +1,5 @@
 """gRPC and HTTP on one batcher, in a real embedding service whose model is kept busy by one long HTTP
-request (1024 images, run back to back): items of both protocols queue behind it and run as one batch; a
+request (sized to keep this machine's model busy for seconds, run back to back): items of both protocols queue behind it and run as one batch; a
 deadline that passes in the queue never reaches the model; the shared cap on requests in flight gives
 RESOURCE_EXHAUSTED. And health follows the registry: NOT_SERVING until a production version is loaded."""
 
@@ -30,7 +30,9 @@ from tests.metrics import samples
 
 pytestmark = pytest.mark.slow
 MODEL = "vlmops-clip"
-LONG = 1024  # images in the request that keeps the model busy (seconds of the toy model on 2 cores)
+BUSY_S = 4.0  # how long the long request should take: every deadline below is a fraction of a second
+PROBE = 1024  # images in the request that measures this machine's speed
+MOST = 32768  # images in the long request at most
 CAP = 12  # requests in flight per worker, HTTP and gRPC together
 
 
@@ -41,7 +43,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, di
     store.promote(MODEL, store.register(MODEL, toy_clip[0]).version)
     env = {
         "VLMOPS_HOME": str(home),
-        "VLMOPS_EMBEDDING__MAX_ITEMS": str(LONG),
+        "VLMOPS_EMBEDDING__MAX_ITEMS": str(MOST),
         "VLMOPS_EMBEDDING__MAX_CONCURRENCY": str(CAP),
         "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "60000",
         "VLMOPS_EMBEDDING__MAX_WAIT_MS": "0",
@@ -51,9 +53,19 @@ def busy(tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, di
 
 
 @pytest.fixture(scope="module")
-def long_body() -> dict[str, Any]:
+def long_body(busy: ServiceProcess) -> dict[str, Any]:
+    """A request that keeps the model busy for about ``BUSY_S`` on this machine (the toy model embeds
+    thousands of images a second, so a fixed count would be over before a short deadline could pass)."""
     images = [to_base64(encode_png(s.image)) for s in ToyWorld().samples(64, Split.TEST)]
-    return {"items": [{"image": images[i % 64]} for i in range(LONG)]}
+
+    def body(n: int) -> dict[str, Any]:
+        return {"items": [{"image": images[i % 64]} for i in range(n)]}
+
+    httpx.post(f"{busy.url}/embed_image", json=body(64), timeout=300).raise_for_status()  # warm
+    started = time.perf_counter()
+    httpx.post(f"{busy.url}/embed_image", json=body(PROBE), timeout=300).raise_for_status()
+    per_item = (time.perf_counter() - started) / PROBE
+    return body(min(MOST, max(PROBE, int(BUSY_S / per_item))))
 
 
 def while_busy(svc: ServiceProcess, body: dict[str, Any], during: Callable[[], Any]) -> Any:
@@ -71,7 +83,7 @@ def while_busy(svc: ServiceProcess, body: dict[str, Any], during: Callable[[], A
         return during()
     finally:
         thread.join()
-        assert answer and answer[0].status_code == 200 and len(answer[0].json()) == LONG
+        assert answer and answer[0].status_code == 200 and len(answer[0].json()) == len(body["items"])
 
 
 def batches(url: str, operation: str) -> tuple[float, float]:
