@@ -20,6 +20,11 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_content_hash(key: str) -> bool:
+    """A blob key this store gives out: 64 lower-case hex digits (nothing that could name a path)."""
+    return len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+
+
 class BlobStore:
     def __init__(self, root: str) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(root)

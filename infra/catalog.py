@@ -58,6 +58,14 @@ ImageEmbedder = Callable[[Sequence[bytes], str], np.ndarray]
 TextEmbedder = Callable[[Sequence[str], str], np.ndarray]
 
 
+def _check_payloads(n: int, payloads: Sequence[dict[str, Any]]) -> None:
+    if n != len(payloads):
+        raise InvalidInput("one payload per image")
+    for p in payloads:
+        if clash := [k for k in RESERVED if k in p]:
+            raise InvalidInput(f"payload keys {clash} are reserved")
+
+
 def _info(row: CollectionRow) -> CollectionInfo:
     return CollectionInfo(row.name, row.model, row.live_version, row.live_physical, row.dim, list(row.keyword_fields))
 
@@ -207,11 +215,7 @@ class Catalog:
         the targets as they are at that moment (the swap waits for them, and a swap or a build start
         that came first is seen), so an item acknowledged here is in the live collection after any
         swap. Returns the ids."""
-        if len(images) != len(payloads):
-            raise InvalidInput("one payload per image")
-        for p in payloads:
-            if clash := [k for k in RESERVED if k in p]:
-                raise InvalidInput(f"payload keys {clash} are reserved")
+        _check_payloads(len(images), payloads)
         keys = [self.blobs.put(data) for data in images]
         vectors: dict[str, np.ndarray] = {}
         attempt = 0
@@ -223,15 +227,54 @@ class Catalog:
                 if attempt < RETRIES and any(v not in vectors for _, v in row.targets):
                     attempt += 1
                     continue  # a build started meanwhile: embed for it too, outside the lock
-                for physical, version in row.targets:
+                for _, version in row.targets:
                     if version not in vectors:  # retries spent: embed under the lock
                         vectors[version] = embed(images, version)
-                    points = [
-                        IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
-                        for key, vec, payload in zip(keys, vectors[version], payloads, strict=True)
-                    ]
-                    self.index.upsert(physical, points)
-                return [point_id(key) for key in keys]
+                return self._upsert(row, keys, payloads, vectors)
+
+    def ingest_embedded(
+        self, name: str, keys: Sequence[str], payloads: Sequence[dict[str, Any]], vectors: dict[str, np.ndarray]
+    ) -> tuple[list[str], list[str]]:
+        """Index images already in the blob store (``keys``) with vectors a bulk job made, ``vectors[version]``
+        a row per key: ``(ids, [])`` once written to every target; ``([], versions)``, nothing written, when
+        a target's version is not among them (a build started: the job embeds for it too and sends again).
+        Written under the collection's shared lock, as :meth:`ingest` writes."""
+        _check_payloads(len(keys), payloads)
+        dim = self.info(name).dim
+        for version, rows in vectors.items():
+            if rows.shape != (len(keys), dim):
+                raise InvalidInput(f"the vectors of version {version} are {rows.shape}, not {len(keys)} rows of {dim}")
+        if absent := [k for k in keys if not self.blobs.exists(k)][:3]:
+            raise InvalidInput(f"blobs {absent} are not in the blob store: put the images first")
+        with self.db.locked(name, exclusive=False) as (_, row):
+            if missing := [v for _, v in row.targets if v not in vectors]:
+                return [], missing
+            return self._upsert(row, keys, payloads, vectors), []
+
+    def _upsert(
+        self,
+        row: CollectionRow,
+        keys: Sequence[str],
+        payloads: Sequence[dict[str, Any]],
+        vectors: dict[str, np.ndarray],
+    ) -> list[str]:
+        """Write the items to every target of ``row`` (the caller holds the collection's lock)."""
+        for physical, version in row.targets:
+            points = [
+                IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
+                for key, vec, payload in zip(keys, vectors[version], payloads, strict=True)
+            ]
+            self.index.upsert(physical, points)
+        return [point_id(key) for key in keys]
+
+    def known(self, name: str, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` already in the live collection (a bulk job skips them)."""
+        wanted = [i for i in ids if is_uuid(i)]
+        return [p.id for p in self.index.get(self.info(name).physical, wanted)] if wanted else []
+
+    def targets(self, name: str) -> list[str]:
+        """The versions an item written now must be embedded by: the live one, and a build's."""
+        return [version for _, version in self.row(name).targets]
 
     def search(
         self,

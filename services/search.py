@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from infra.blobs import BlobStore
+from infra.blobs import BlobStore, is_content_hash
 from infra.catalog import Catalog, Janitor, Result, as_dict
 from infra.catalog_db import CatalogDB
 from infra.clients import EmbeddingClient, Embeddings, ServiceError
@@ -39,6 +39,7 @@ from services.rpc.search import servicers
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.search
+BULK_PAGE = 4096  # items in one page of a bulk job (ids asked about, items written)
 ITEMS = bentoml.metrics.Gauge(
     name="vlmops_collection_items",
     documentation="items in the live physical collection (0 for a version it has left)",
@@ -103,7 +104,16 @@ class ResultOut(BaseModel):
     log_format=SETTINGS.log_format,
     read=("list_collections", "search"),
     write=("create_collection", "ingest"),
-    admin=("delete_collection", "start_build", "build_items", "write_build", "write_build_vectors", "finish_build"),
+    admin=(
+        "delete_collection",
+        "start_build",
+        "build_items",
+        "write_build",
+        "write_build_vectors",
+        "finish_build",
+        "ingest_known",
+        "ingest_vectors",
+    ),
     fast_path=False,
     grpc=servicers(LIMITS),
 )
@@ -231,6 +241,44 @@ class SearchService:
             ids = self.catalog.ingest(collection, images, payloads, self._embed_images)
             return {"ids": ids, "count": self.catalog.count(collection)}
 
+    # ------------------------------------------------------------------ bulk ingest (driven by the ingest job)
+    @bentoml.api(route="/ingest/known")
+    def ingest_known(self, collection: str, ids: list[str]) -> dict:
+        """Which of ``ids`` (item ids: a bulk job derives them from the images' content hashes) the live
+        collection holds already, and the versions a new item must be embedded by now (the live one, and a
+        running build's)."""
+        audit_target(collection)
+        with http_errors():
+            if len(ids) > BULK_PAGE:
+                raise InvalidInput(f"ask about at most {BULK_PAGE} ids at a time")
+            return {"known": self.catalog.known(collection, ids), "versions": self.catalog.targets(collection)}
+
+    @bentoml.api(route="/ingest/vectors")
+    def ingest_vectors(
+        self, collection: str, blobs: list[str], payloads: list[dict[str, Any]], vectors_b64: dict[str, str]
+    ) -> dict:
+        """A page of a bulk ingest: images the job put in the blob store (their keys), embedded by the job
+        with each version in ``vectors_b64`` (a buffer of little-endian float32 per version, a row per blob).
+        Written only if they cover every version the collection is embedded by at this moment; otherwise
+        nothing is written and ``missing`` names the versions to add."""
+        audit_target(collection)
+        with http_errors():
+            if not blobs or len(blobs) > BULK_PAGE:
+                raise InvalidInput(f"send 1 to {BULK_PAGE} items")
+            if bad := [k for k in blobs if not is_content_hash(k)][:3]:
+                raise InvalidInput(f"blobs {bad} are not blob keys (the SHA-256 of an image, in hex)")
+            dim = self.catalog.info(collection).dim
+            vectors = {}
+            for version, packed in vectors_b64.items():
+                flat = np.frombuffer(decode_base64(packed, f"vectors_b64[{version!r}]"), dtype="<f4")
+                if flat.size != dim * len(blobs):
+                    raise InvalidInput(
+                        f"vectors_b64[{version!r}] holds {flat.size} floats, not {len(blobs)} rows of {dim}"
+                    )
+                vectors[version] = flat.reshape(len(blobs), dim)
+            ids, missing = self.catalog.ingest_embedded(collection, blobs, payloads, vectors)
+            return {"ids": ids, "missing": missing, "count": self.catalog.count(collection)}
+
     @bentoml.api
     def search(
         self,
@@ -295,8 +343,8 @@ class SearchService:
         page's cursor (null after the last)."""
         audit_target(collection)
         with http_errors():
-            if not 1 <= limit <= 4096:
-                raise InvalidInput("limit must be 1 to 4096")
+            if not 1 <= limit <= BULK_PAGE:
+                raise InvalidInput(f"limit must be 1 to {BULK_PAGE}")
             if cursor is not None and not is_uuid(cursor):
                 raise InvalidInput(f"cursor {cursor!r} is not one this service gave out")
             points, after = self.catalog.items(collection, cursor, limit)

@@ -40,15 +40,32 @@ class VersionEmbedder:
 
     def __call__(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Unit vectors (float32, one row per image) of ``blobs``, each decoded once; ``batch`` images go
-        through the model at a time, so a page of any size holds one batch of pixels."""
-        out = []
+        through the model at a time, so a page of any size holds one batch of pixels. An image that does
+        not decode fails the call (a collection's blobs were checked when they were ingested)."""
+        vectors, _, errors = self.embed_valid(blobs)
+        if errors:
+            raise InvalidInput(next(iter(errors.values())))
+        return vectors
+
+    def embed_valid(self, blobs: Sequence[bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        """``(vectors, kept, errors)``: the vectors of the images that decode (a row per index in ``kept``)
+        and, for each one that does not, what was wrong with it (a bulk ingest reports it and goes on)."""
+        out, kept, errors = [], [], {}
         for start in range(0, len(blobs), self.batch):
-            images = [
-                decode_image(b, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what=f"item {start + i}")
-                for i, b in enumerate(blobs[start : start + self.batch])
-            ]
-            out.append(self.model.encode_images(images).cpu().numpy().astype(np.float32, copy=False))
-        return np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+            images = []
+            for i, data in enumerate(blobs[start : start + self.batch], start):
+                try:
+                    images.append(
+                        decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what=f"item {i}")
+                    )
+                except InvalidInput as exc:
+                    errors[i] = str(exc)
+                    continue
+                kept.append(i)
+            if images:
+                out.append(self.model.encode_images(images).cpu().numpy().astype(np.float32, copy=False))
+        vectors = np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+        return vectors, kept, errors
 
 
 class EmbedderCache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from typing import Any
 
@@ -10,13 +11,14 @@ from celery import Task
 from infra.blobs import BlobStore
 from infra.catalog_db import CatalogDB
 from infra.clients import embedding_client, search_client
+from infra.errors import InvalidInput
 from infra.settings import Settings
 from infra.uris import UriPolicy
 from registry.store import PRODUCTION, RegistryStore
 from workers.app import app
 from workers.embedder import EmbedderCache
 from workers.metrics import JobItems
-from workers.pipelines.ingest import run_ingest
+from workers.pipelines.ingest import PageEmbedder, ServiceEmbedder, run_ingest, walk
 from workers.pipelines.reindex import remote, run_reindex
 from workers.reconcile import reconciler, record_end, record_start
 
@@ -81,22 +83,59 @@ def reconcile() -> list[dict[str, Any]]:
 
 
 @app.task(bind=True, name="vlmops.ingest")
-def ingest(self: Task, collection: str, uris: list[str]) -> dict[str, Any]:
-    """Bulk ingest of images at ``uris`` into ``collection``: the worker reads them, within the same rules
-    as the search service (``VLMOPS_SEARCH__INGEST_URI_PREFIXES`` / ``_HOSTS``), and sends the bytes."""
+def ingest(self: Task, collection: str, uris: list[str] | None = None, folder: str | None = None) -> dict[str, Any]:
+    """Bulk ingest into ``collection`` of the images at ``uris``, or of every file under ``folder``: the
+    worker reads them within the same rules as the search service (``VLMOPS_SEARCH__INGEST_URI_PREFIXES`` /
+    ``_HOSTS``; every URI, or the folder, is checked before anything is read), embeds them with the
+    collection's version(s) and writes them through the search service. Run again (a redelivery after a
+    kill), it skips what is stored already."""
+    if (uris is None) == (folder is None):
+        raise InvalidInput("give exactly one of uris and folder")
     settings = Settings()
+    policy = UriPolicy(settings.search.ingest_uri_prefixes, settings.search.ingest_uri_hosts)
+    if folder is not None:
+        policy.check(folder, "folder")
+        total = sum(1 for _ in walk(folder))  # a listing, no reads: the progress bar's ETA
+    else:
+        for n, uri in enumerate(uris or []):
+            policy.check(uri, f"uri {n}")
+        total = len(uris or [])
     counted = JobItems(self.name, collection)
 
     def progress(done: int, stage: str) -> None:
         counted(done)
-        self.update_state(state="PROGRESS", meta={"done": done, "total": len(uris), "stage": stage})
+        self.update_state(state="PROGRESS", meta={"done": done, "total": total, "stage": stage})
 
     search = search_client(settings)
-    policy = UriPolicy(settings.search.ingest_uri_prefixes, settings.search.ingest_uri_hosts)
-    count = run_ingest(
-        collection, uris, search, policy, settings.worker.page_size, settings.search.max_image_bytes, progress
-    )
-    return {"collection": collection, "ingested": len(uris), "count": count}
+    try:
+        model = search.collection(collection)["model"]
+        limits = settings.search
+        if settings.worker.embed == "local":
+            embedder_for = functools.partial(EMBEDDERS.get, model)
+        else:
+            client = embedding_client(settings)
+
+            def embedder_for(version: str) -> PageEmbedder:
+                return ServiceEmbedder(
+                    remote(client, version), version, limits.max_image_bytes, limits.max_image_pixels
+                )
+
+        result = run_ingest(
+            collection,
+            walk(folder) if folder is not None else uris or [],
+            search,
+            policy,
+            BlobStore(settings.blob_uri),
+            embedder_for,
+            page_size=settings.worker.page_size,
+            max_bytes=limits.max_image_bytes,
+            progress=progress,
+            inflight=settings.worker.inflight_pages,
+        )
+    finally:
+        counted.end()
+        search.close()
+    return asdict(result)
 
 
 @app.task(bind=True, name="vlmops.finetune")

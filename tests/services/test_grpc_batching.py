@@ -1,7 +1,8 @@
 """gRPC and HTTP on one batcher, in a real embedding service whose model is kept busy by one long HTTP
-request (sized to keep this machine's model busy for seconds, run back to back): items of both protocols queue behind it and run as one batch; a
-deadline that passes in the queue never reaches the model; the shared cap on requests in flight gives
-RESOURCE_EXHAUSTED. And health follows the registry: NOT_SERVING until a production version is loaded."""
+request (sized to keep this machine's model busy for seconds, run back to back): items of both protocols
+queue behind it and run as one batch; a deadline that passes in the queue never reaches the model; the
+shared cap on requests in flight gives RESOURCE_EXHAUSTED. And health follows the registry: NOT_SERVING
+until a production version is loaded."""
 
 from __future__ import annotations
 
