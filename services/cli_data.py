@@ -23,16 +23,49 @@ def image_files(paths: tuple[Path, ...]) -> list[Path]:
 
 @click.command()
 @click.argument("collection")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1)
 @click.option("--create", is_flag=True, help="create the collection first")
 @click.option("--batch", default=32, show_default=True)
 @click.option("--grpc", "target", default=None, metavar="HOST:PORT", help=GRPC_HELP)
-def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int, target: str | None) -> None:
-    """Ingest image files (or folders of them) into COLLECTION through the search service."""
+@click.option(
+    "--job",
+    is_flag=True,
+    help="a Celery job on the worker pool reads PATHS (folders, files or URIs as the workers see them, within "
+    "VLMOPS_SEARCH__INGEST_URI_PREFIXES / _HOSTS), embeds and writes them; resumable",
+)
+@click.option(
+    "--uris",
+    "uri_list",
+    type=click.File("r"),
+    default=None,
+    help="a file of URIs, one a line ('-': standard input), ingested by a job (implies --job)",
+)
+@click.option("--wait/--no-wait", default=True, help="with --job: follow it with a progress bar")
+def ingest(
+    collection: str,
+    paths: tuple[str, ...],
+    create: bool,
+    batch: int,
+    target: str | None,
+    job: bool,
+    uri_list: Any,
+    wait: bool,
+) -> None:
+    """Ingest image files (or folders of them) into COLLECTION: sent from here through the search service,
+    or, with --job or --uris, read and embedded by the workers where the images live (big sets)."""
+    settings = Settings()
+    if create:
+        _create(settings, collection, target)
+    if job or uri_list is not None:
+        uris = [line.strip() for line in uri_list if line.strip()] if uri_list is not None else []
+        _ingest_job(settings, collection, [*paths, *uris], wait)
+        return
+    missing = [p for p in paths if not Path(p).exists()]
+    if not paths or missing:
+        raise click.BadParameter(f"no such files or folders: {missing}" if missing else "give files or folders")
+    files = image_files(tuple(Path(p) for p in paths))
     from tqdm import tqdm
 
-    settings = Settings()
-    files = image_files(paths)
     with tqdm(total=len(files), desc=f"ingesting into {collection}", unit="img") as bar:
         if target:
             from services.client import SearchGrpc
@@ -43,16 +76,12 @@ def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int, t
                     bar.update(1)
 
             with SearchGrpc(target, api_key=settings.auth.key) as grpc_search:
-                if create:
-                    grpc_search.create_collection(collection)
                 count = grpc_search.ingest_stream(collection, read(), chunk=batch).count
         else:
             from infra.clients import search_client
             from infra.images import to_base64
 
             search = search_client(settings)
-            if create:
-                search.post("/collections/create", name=collection)
             count = 0
             for start in range(0, len(files), batch):
                 chunk = files[start : start + batch]
@@ -60,6 +89,49 @@ def ingest(collection: str, paths: tuple[Path, ...], create: bool, batch: int, t
                 count = search.post("/ingest", collection=collection, items=items)["count"]
                 bar.update(len(chunk))
     click.echo(f"{collection}: {count} items")
+
+
+def _create(settings: Settings, collection: str, target: str | None) -> None:
+    if target:
+        from services.client import SearchGrpc
+
+        with SearchGrpc(target, api_key=settings.auth.key) as grpc_search:
+            grpc_search.create_collection(collection)
+        return
+    from infra.clients import search_client
+
+    search_client(settings).post("/collections/create", name=collection)
+
+
+def _ingest_job(settings: Settings, collection: str, sources: list[str], wait: bool) -> None:
+    """One job for the listed files and URIs, one per folder (the worker lists it as it goes)."""
+    from workers.app import make_app
+    from workers.follow import follow
+
+    if not sources:
+        raise click.BadParameter("give folders, files or URIs (or --uris FILE)")
+    app = make_app(settings)
+    folders = [s for s in sources if s.endswith("/") or Path(s).is_dir()]
+    files = [s for s in sources if s not in folders]
+    tasks = [app.send_task("vlmops.ingest", args=[collection], kwargs={"folder": f}) for f in folders]
+    if files:
+        tasks.append(app.send_task("vlmops.ingest", args=[collection], kwargs={"uris": files}))
+    for task in tasks:
+        click.echo(f"job {task.id}")
+    if not wait:
+        return
+    failed = 0
+    for task in tasks:
+        out = follow(task, f"ingesting into {collection}", unit="img", done_key="ingested")
+        click.echo(
+            f"{collection}: {out['stored']} stored, {out['skipped']} already there, {out['rejected']} rejected; "
+            f"{out['count']} items"
+        )
+        for error in out["errors"]:
+            click.echo(f"  rejected {error['uri']}: {error['error']}", err=True)
+        failed += out["rejected"]
+    if failed:
+        raise SystemExit(1)
 
 
 @click.command()

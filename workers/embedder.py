@@ -47,16 +47,24 @@ class VersionEmbedder:
             raise InvalidInput(next(iter(errors.values())))
         return vectors
 
-    def embed_valid(self, blobs: Sequence[bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    def embed_valid(
+        self, blobs: Sequence[bytes], names: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """``(vectors, kept, errors)``: the vectors of the images that decode (a row per index in ``kept``)
-        and, for each one that does not, what was wrong with it (a bulk ingest reports it and goes on)."""
+        and, for each one that does not, what was wrong with it (a bulk ingest reports it and goes on);
+        ``names`` name the images in those messages."""
         out, kept, errors = [], [], {}
         for start in range(0, len(blobs), self.batch):
             images = []
             for i, data in enumerate(blobs[start : start + self.batch], start):
                 try:
                     images.append(
-                        decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what=f"item {i}")
+                        decode_image(
+                            data,
+                            max_bytes=self.max_bytes,
+                            max_pixels=self.max_pixels,
+                            what=names[i] if names else f"item {i}",
+                        )
                     )
                 except InvalidInput as exc:
                     errors[i] = str(exc)

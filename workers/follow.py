@@ -13,7 +13,11 @@ from tqdm import tqdm
 from infra.clients import SearchClient
 
 
-def follow(task: AsyncResult, desc: str, unit: str = "item", timeout_s: float | None = None) -> dict[str, Any]:
+def follow(
+    task: AsyncResult, desc: str, unit: str = "item", timeout_s: float | None = None, done_key: str | None = None
+) -> dict[str, Any]:
+    """Show ``task``'s progress until it ends; its result. ``done_key``: the result's count of items done (the
+    bar ends on it when the job ended between two polls)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with tqdm(desc=desc, unit=unit) as bar:
         while not task.ready():
@@ -22,13 +26,20 @@ def follow(task: AsyncResult, desc: str, unit: str = "item", timeout_s: float | 
             info = task.info if isinstance(task.info, dict) else {}
             if info.get("total"):
                 bar.total = int(info["total"])
-            bar.n = int(info.get("done", 0))
+            done = int(info.get("done", 0))
+            if done > bar.n:
+                bar.update(done - bar.n)  # tqdm's rate (items/s) and ETA follow the updates
             post = {"stage": str(info.get("stage", task.state))}
             if "loss" in info:
                 post["loss"] = f"{float(info['loss']):.3f}"
             bar.set_postfix(post, refresh=True)
             time.sleep(0.5)
-    return dict(task.get())
+        out = dict(task.get())
+        final = int(out[done_key]) if done_key else bar.total
+        if final and bar.n < final:  # done between two polls: the bar ends on the job's own count
+            bar.total = bar.total or final
+            bar.update(final - bar.n)
+    return out
 
 
 def follow_reindexes(

@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient
 from infra.blobs import BlobStore
 from infra.catalog import Catalog, Janitor
 from infra.catalog_db import CatalogDB
-from infra.errors import NotFound
+from infra.errors import InvalidInput, NotFound
 from infra.vector_index import IndexPoint, VectorIndex
 from infra.vector_index.edge import EdgeIndex
 from infra.vector_index.server import ServerIndex
@@ -83,3 +83,29 @@ def test_replaced_collections_are_dropped_after_the_grace_period(catalog: Catalo
     hits = catalog.search("toys", lambda v: vectors_for([b"b"], v)[0], top_k=1)
     assert hits[0].version == "2" and hits[0].payload == {"n": 2} and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert catalog.count("toys") == 3
+
+
+def test_a_bulk_page_is_written_only_with_every_target_versions_vectors(catalog: Catalog) -> None:
+    """The bulk ingest protocol: vectors a job made are written only when they cover every version the
+    collection is embedded by at that moment; a build that started meanwhile is named, nothing written."""
+    images = [b"d", b"e"]
+    keys = [catalog.blobs.put(data) for data in images]
+    payloads: list[dict[str, object]] = [{"n": 4}, {"n": 5}]
+    ids = [p.id for p in catalog.items("toys", None, 100)[0]]
+    assert sorted(catalog.known("toys", [*ids, "not-an-id", *(str(i) for i in range(2))])) == sorted(ids)
+    assert catalog.targets("toys") == ["1"]
+    build = catalog.start_build("toys", "2")
+    assert catalog.targets("toys") == ["1", "2"]
+    # embedded before the build started: only version 1's vectors, refused whole
+    assert catalog.ingest_embedded("toys", keys, payloads, {"1": vectors_for(images, "1")}) == ([], ["2"])
+    assert catalog.count("toys") == 3 and catalog.index.count(build["physical"]) == 0
+    written, missing = catalog.ingest_embedded("toys", keys, payloads, {v: vectors_for(images, v) for v in ("1", "2")})
+    assert missing == [] and catalog.known("toys", written) == written and len(written) == 2
+    for physical, version in ((catalog.info("toys").physical, "1"), (build["physical"], "2")):
+        stored = {p.id: np.asarray(p.vector) for p in catalog.index.get(physical, written)}
+        expected = vectors_for(images, version)
+        assert all(np.allclose(stored[i], expected[n], atol=1e-6) for n, i in enumerate(written))
+    with pytest.raises(InvalidInput, match="not in the blob store"):
+        catalog.ingest_embedded("toys", ["0" * 64], [{}], {v: vectors_for([b"x"], v) for v in ("1", "2")})
+    with pytest.raises(InvalidInput, match="not 2 rows of 8"):
+        catalog.ingest_embedded("toys", keys, payloads, {"1": vectors_for(images[:1], "1")})

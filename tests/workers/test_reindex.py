@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,7 @@ def test_bulk_ingest_job_reads_a_folder(stack: dict[str, Any], tmp_path: Path) -
     for i, s in enumerate(ToyWorld().samples(20, Split.VAL, n_objects=1)):
         (folder / f"{i}.png").write_bytes(encode_png(s.image))
     uris = sorted(str(p) for p in folder.iterdir()) + [str(folder / "0.png")]  # a duplicate: stored once
+    (folder / "notes.txt").write_bytes(b"not an image")  # in the folder: reported, the job goes on
     (tmp_path / "elsewhere.png").write_bytes((folder / "0.png").read_bytes())  # exists, outside the prefix
     broker = "redis://127.0.0.1:6379/9"
     redis.Redis.from_url(broker).flushdb()
@@ -164,13 +166,86 @@ def test_bulk_ingest_job_reads_a_folder(stack: dict[str, Any], tmp_path: Path) -
         outside = app.send_task("vlmops.ingest", args=["bulk", [uris[1], str(tmp_path / "elsewhere.png")]])
         with pytest.raises(Exception, match="uri 1: nothing readable at"):
             outside.get(timeout=120)
+        # the folder again, as a user sends it: `vlmops ingest --job` follows the job with a progress bar
+        again = subprocess.run(
+            [str(Path(sys.executable).with_name("vlmops")), "ingest", "bulk", f"{folder}/", "--job"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
-    assert result == {"collection": "bulk", "ingested": 21, "count": 20}
+    assert result == {
+        "collection": "bulk",
+        "ingested": 21,
+        "stored": 20,
+        "skipped": 1,
+        "rejected": 0,
+        "errors": [],
+        "count": 20,
+    }
+    # the folder again: nothing stored twice, the text file named (and the exit status says so)
+    assert again.returncode == 1, again.stderr
+    assert "bulk: 0 stored, 20 already there, 1 rejected; 20 items" in again.stdout
+    assert f"rejected {folder / 'notes.txt'}: " in again.stderr and "could not be decoded" in again.stderr
+    assert "21/21" in again.stderr and "img/s" in again.stderr  # the progress bar: items/s
     assert count(url, "bulk")[0] == 20  # the refused job sent nothing, not even its allowed first page
     hits = call(url, "/search", collection="bulk", text="a red circle", top_k=3)
     assert hits and hits[0]["payload"]["uri"].startswith(str(folder))
+    for i in (0, 7, 19):  # the worker's vector of each image is the one the service embeds it to
+        (hit,) = call(url, "/search", collection="bulk", image=to_base64((folder / f"{i}.png").read_bytes()), top_k=1)
+        assert hit["payload"]["uri"] == str(folder / f"{i}.png") and hit["score"] > 0.9999 and hit["version"] == "1"
+
+
+def test_a_killed_bulk_ingest_run_again_stores_each_image_once(stack: dict[str, Any], tmp_path: Path) -> None:
+    """A bulk ingest of a folder of 1,200 images in pages of 32, SIGKILLed mid-job and redelivered to a new
+    worker: it skips what the first one stored (by content hash) and ends with every image once."""
+    ensure_redis()
+    name, url, n = "bulk-killed", stack["search"], 1200
+    call(url, "/collections/create", name=name)
+    folder = tmp_path / "images"
+    for i, s in enumerate(ToyWorld().samples(n, Split.TRAIN, start=60_000)):
+        (folder / f"{i // 100:02d}").mkdir(parents=True, exist_ok=True)
+        (folder / f"{i // 100:02d}" / f"{i:05d}.png").write_bytes(encode_png(s.image))
+    files = sorted(folder.rglob("*.png"))
+    distinct = len({f.read_bytes() for f in files})
+    broker = "redis://127.0.0.1:6379/10"
+    redis.Redis.from_url(broker).flushdb()
+    env = {
+        **stack["env"],
+        "VLMOPS_BROKER_URL": broker,
+        "VLMOPS_WORKER__PAGE_SIZE": "32",
+        "VLMOPS_WORKER__VISIBILITY_TIMEOUT_S": "3",
+        "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(folder)]),
+    }
+    from workers.app import make_app
+
+    app = make_app(make_settings(stack["home"], broker_url=broker))
+    first = start_worker(env, tmp_path / "worker1.log")
+    result = app.send_task("vlmops.ingest", args=[name], kwargs={"folder": str(folder)})
+    kill_mid_job(first, result, done=400)
+    stored_before = count(url, name)[0]
+    assert 0 < stored_before < distinct
+    second = start_worker(env, tmp_path / "worker2.log")
+    try:
+        out = result.get(timeout=300)
+    finally:
+        stop_worker(second)
+    assert out["ingested"] == n and out["rejected"] == 0
+    assert out["skipped"] >= stored_before  # the second run skipped what the first had stored ...
+    assert out["stored"] + out["skipped"] == n and out["count"] == distinct  # ... and stored the rest
+    ids, cursor = [], None
+    while True:
+        page = call(url, "/builds/items", collection=name, cursor=cursor, limit=1000)
+        ids += [item["id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(ids) == len(set(ids)) == distinct == count(url, name)[0]  # every image, none twice
+    for f in files[:: n // 30]:
+        (hit,) = call(url, "/search", collection=name, image=to_base64(f.read_bytes()), top_k=1)
+        assert hit["version"] == "1" and hit["score"] > 0.9999, hit
 
 
 def wait_for_version(url: str, name: str, version: str, timeout: float = 240) -> None:

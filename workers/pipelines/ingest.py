@@ -50,7 +50,9 @@ class PageEmbedder(Protocol):
 
     version: str
 
-    def embed_valid(self, blobs: Sequence[bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]: ...
+    def embed_valid(
+        self, blobs: Sequence[bytes], names: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, list[int], dict[int, str]]: ...
 
 
 @dataclass
@@ -115,11 +117,14 @@ def read_pages(uris: Iterable[str], policy: UriPolicy, page_size: int, max_bytes
 
 
 def embed_page(
-    blobs: Sequence[bytes], versions: Sequence[str], embedder_for: Callable[[str], PageEmbedder]
+    blobs: Sequence[bytes],
+    names: Sequence[str],
+    versions: Sequence[str],
+    embedder_for: Callable[[str], PageEmbedder],
 ) -> tuple[dict[str, np.ndarray], list[int], dict[int, str]]:
     """``blobs`` embedded by each version: the images that decode (``kept``) and why the others did not."""
     first = embedder_for(versions[0])
-    vectors, kept, errors = first.embed_valid(blobs)
+    vectors, kept, errors = first.embed_valid(blobs, names)
     out = {first.version: vectors}
     for version in versions[1:]:  # a rebuild is running: its version too
         out[version] = embedder_for(version).embed_valid([blobs[i] for i in kept])[0]
@@ -200,7 +205,8 @@ def run_ingest(
                 new = [i for i, key in enumerate(page.keys) if point_id(key) not in known]
                 skipped += len(page.keys) - len(new)
                 with clock("embed"):
-                    vectors, kept, bad = embed_page([page.blobs[i] for i in new], out["versions"], embedder_for)
+                    blobs, names = [page.blobs[i] for i in new], [page.uris[i] for i in new]
+                    vectors, kept, bad = embed_page(blobs, names, out["versions"], embedder_for)
                 for j, error in bad.items():
                     reject(page.uris[new[j]], error)
                 todo = Page([page.uris[new[j]] for j in kept], [page.blobs[new[j]] for j in kept], [])
@@ -241,12 +247,15 @@ class ServiceEmbedder:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
 
-    def embed_valid(self, blobs: Sequence[bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    def embed_valid(
+        self, blobs: Sequence[bytes], names: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, list[int], dict[int, str]]:
         kept: list[int] = []
         errors: dict[int, str] = {}
         for i, data in enumerate(blobs):
             try:
-                decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what=f"item {i}")
+                what = names[i] if names else f"item {i}"
+                decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what=what)
             except InvalidInput as exc:
                 errors[i] = str(exc)
                 continue
