@@ -15,15 +15,20 @@ process) and kept for the next job; at most ``capacity`` versions are held.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from threading import Lock
 
 import numpy as np
+import torch
 
 from infra.errors import InvalidInput
 from infra.images import decode_image
 from infra.settings import Settings, resolve_device, resolve_precision
+from infra.threads import one_torch_thread
 from registry.families.clip import ClipModel
 from registry.store import RegistryStore
 
@@ -31,8 +36,18 @@ from registry.store import RegistryStore
 class VersionEmbedder:
     """Embeds image files with one pinned version of a CLIP model."""
 
-    def __init__(self, model: ClipModel, version: str, max_bytes: int, max_pixels: int, batch: int = 64) -> None:
+    def __init__(
+        self,
+        model: ClipModel,
+        version: str,
+        max_bytes: int,
+        max_pixels: int,
+        batch: int = 64,
+        threads: int | None = None,
+    ) -> None:
+        """``threads``: torch's intra-op threads while this embeds (None: left as they are)."""
         self.model = model
+        self.threads = threads
         self.version = version
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
@@ -52,28 +67,47 @@ class VersionEmbedder:
     ) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """``(vectors, kept, errors)``: the vectors of the images that decode (a row per index in ``kept``)
         and, for each one that does not, what was wrong with it (a bulk ingest reports it and goes on);
-        ``names`` name the images in those messages."""
-        out, kept, errors = [], [], {}
-        for start in range(0, len(blobs), self.batch):
-            images = []
-            for i, data in enumerate(blobs[start : start + self.batch], start):
-                try:
-                    images.append(
-                        decode_image(
-                            data,
-                            max_bytes=self.max_bytes,
-                            max_pixels=self.max_pixels,
-                            what=names[i] if names else f"item {i}",
-                        )
-                    )
-                except InvalidInput as exc:
-                    errors[i] = str(exc)
-                    continue
-                kept.append(i)
-            if images:
-                out.append(self.model.encode_images(images).cpu().numpy().astype(np.float32, copy=False))
+        ``names`` name the images in those messages.
+
+        Two stages overlap: a preparing thread decodes and preprocesses batch i+1 (with one torch thread of
+        its own; PIL and torch release the interpreter lock) while the calling thread runs batch i through
+        the model."""
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # on the calling thread too (OpenMP's count is per thread)
+        starts = range(0, len(blobs), self.batch)
+        out: list[np.ndarray] = []
+        kept: list[int] = []
+        errors: dict[int, str] = {}
+        ahead = [self._preparer.submit(self._prepare, blobs, start, names) for start in starts[:1]]
+        for n, _ in enumerate(starts):
+            pixels, batch_kept, batch_errors = ahead.pop().result()
+            if n + 1 < len(starts):
+                ahead.append(self._preparer.submit(self._prepare, blobs, starts[n + 1], names))
+            kept += batch_kept
+            errors |= batch_errors
+            if pixels is not None:
+                out.append(self.model.encode_pixels(pixels).cpu().numpy().astype(np.float32, copy=False))
         vectors = np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
         return vectors, kept, errors
+
+    def _prepare(
+        self, blobs: Sequence[bytes], start: int, names: Sequence[str] | None
+    ) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+        """One batch decoded and preprocessed: its pixels (None: nothing decoded), kept indices, errors."""
+        images, kept, errors = [], [], {}
+        for i, data in enumerate(blobs[start : start + self.batch], start):
+            what = names[i] if names else f"item {i}"
+            try:
+                images.append(decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, what=what))
+            except InvalidInput as exc:
+                errors[i] = str(exc)
+                continue
+            kept.append(i)
+        return (self.model.preprocess_batch(images) if images else None), kept, errors
+
+    @functools.cached_property
+    def _preparer(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix=f"prepare-v{self.version}", initializer=one_torch_thread)
 
 
 class EmbedderCache:
@@ -101,7 +135,15 @@ class EmbedderCache:
             model.configure_runtime(resolve_precision(settings.embedding.precision, device))
             limits = settings.search
             batch = settings.embedding.max_batch_size  # what the service runs at most: the same arithmetic
-            embedder = VersionEmbedder(model, version, limits.max_image_bytes, limits.max_image_pixels, batch)
+            threads = settings.worker.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+            embedder = VersionEmbedder(
+                model,
+                version,
+                limits.max_image_bytes,
+                limits.max_image_pixels,
+                batch,
+                threads if device == "cpu" else None,
+            )
             self._held[key] = embedder
             while len(self._held) > self.capacity:
                 self._held.popitem(last=False)

@@ -18,7 +18,7 @@ from registry.store import PRODUCTION, RegistryStore
 from workers.app import app
 from workers.embedder import EmbedderCache
 from workers.metrics import JobItems
-from workers.pipelines.ingest import PageEmbedder, ServiceEmbedder, run_ingest, walk
+from workers.pipelines.ingest import FileWork, PageEmbedder, ServiceEmbedder, run_ingest, walk
 from workers.pipelines.reindex import remote, run_reindex
 from workers.reconcile import reconciler, record_end, record_start
 
@@ -120,18 +120,20 @@ def ingest(self: Task, collection: str, uris: list[str] | None = None, folder: s
                     remote(client, version), version, limits.max_image_bytes, limits.max_image_pixels
                 )
 
-        result = run_ingest(
-            collection,
-            walk(folder) if folder is not None else uris or [],
-            search,
-            policy,
-            BlobStore(settings.blob_uri),
-            embedder_for,
-            page_size=settings.worker.page_size,
-            max_bytes=limits.max_image_bytes,
-            progress=progress,
-            inflight=settings.worker.inflight_pages,
-        )
+        files = FileWork(policy, limits.max_image_bytes, settings.blob_uri)
+        try:
+            result = run_ingest(
+                collection,
+                walk(folder) if folder is not None else uris or [],
+                search,
+                files,
+                embedder_for,
+                page_size=settings.worker.page_size,
+                progress=progress,
+                inflight=settings.worker.inflight_pages,
+            )
+        finally:
+            files.close()
     finally:
         counted.end()
         search.close()

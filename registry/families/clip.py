@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,12 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torchvision.transforms import Compose, Normalize
 
 from infra.errors import InvalidInput, ModelFormatError
 from registry.families.base import ModelFamily
+
+_TO_TENSOR = ("ToTensor", "MaybeToTensor")  # torchvision's and open_clip's: uint8 HWC -> float CHW / 255
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -212,6 +216,21 @@ class ClipModel(ModelFamily):
     # ---------------------------------------------------------------- images
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
+
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``torch.stack([preprocess(im) for im in images])``, with the same numbers: each image is resized
+        and cropped on its own, then the batch becomes floats and is normalized in one operation each (per
+        image those two steps cost a bulk job a third of a fast model's time). Transforms of another shape
+        run image by image."""
+        steps = getattr(self.transform, "transforms", [])
+        if len(steps) < 2 or not isinstance(steps[-1], Normalize) or type(steps[-2]).__name__ not in _TO_TENSOR:
+            return torch.stack([self.preprocess(im) for im in images])
+        pil = [Compose(steps[:-2])(im) for im in images] if len(steps) > 2 else list(images)
+        if any(im.mode != "RGB" for im in pil) or len({im.size for im in pil}) != 1:
+            return torch.stack([self.preprocess(im) for im in images])
+        array = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in pil]))
+        pixels = array.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        return steps[-1](pixels)  # Normalize broadcasts its (C, 1, 1) mean and std over the batch
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         pin = self.device != "cpu"
