@@ -76,3 +76,26 @@ class TestToyClip:
         plain = zero_shot_accuracy(model, held_out_single(240))
         shifted = zero_shot_accuracy(model, held_out_single(240, domain=Domain.SHIFTED))
         assert shifted < plain - 0.3
+
+
+def test_a_batch_is_preprocessed_to_the_same_numbers_as_image_by_image(random_clip: ClipModel) -> None:
+    """The bulk jobs' batched preprocessing (float conversion and normalisation once a batch) gives the
+    service's per-image pixels bit for bit: sizes and modes of every kind, and a transform it cannot batch."""
+    import numpy as np
+    from PIL import Image
+
+    from infra.toyworld import Split, ToyWorld
+
+    rng = np.random.default_rng(0)
+    images = [s.image for s in ToyWorld().samples(6, Split.TEST)]
+    images += [
+        Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)),  # resized and cropped
+        Image.fromarray(rng.integers(0, 256, (40, 90), dtype=np.uint8)),  # grey: made RGB by the transform
+        Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), "RGBA"),
+    ]
+    one_by_one = torch.stack([random_clip.preprocess(im) for im in images])
+    batched = random_clip.preprocess_batch(images)
+    assert batched.dtype == one_by_one.dtype and torch.equal(batched, one_by_one)
+    assert abs(float(batched.mean())) < 3  # normalised, not raw 0..255 or 0..1 values left as they were
+    random_clip.transform = lambda im: torch.zeros(3, 4, 4)  # not the standard pipeline: image by image
+    assert torch.equal(random_clip.preprocess_batch(images[:2]), torch.zeros(2, 3, 4, 4))
