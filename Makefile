@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 K8S_VENV := .venv-k8s
 K8S_STAMP := $(K8S_VENV)/.installed
 
-.PHONY: setup demo test lint bench serve proto k8s k8s-tools images push lock clean
+.PHONY: setup demo test lint bench bench-scale serve proto k8s k8s-tools images push lock clean
 
 setup: $(STAMP)
 
@@ -37,9 +37,13 @@ bench: setup
 	$(BIN)/python -m bench.index
 	$(BIN)/python -m bench.pipeline_stages
 	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.pipeline --arch vlmops-toy-clip --n 20000 --batch 64
+	$(BIN)/python -m bench.pipeline --arch vlmops-toy-clip --n 20000 --batch 64 --blobs /dev/shm
 	$(BIN)/python -m bench.finetune
 	$(BIN)/python -m bench.class_eval
+
+# the bulk paths at 10,000 and 100,000 items: the time an item costs at each (linearity)
+bench-scale: setup
+	$(BIN)/python -m bench.scale
 
 serve: setup
 	$(BIN)/vlmops serve embedding --port 3000

@@ -52,6 +52,8 @@ SCOPES: dict[str, dict[str, str]] = {
         "/builds/write": "admin",
         "/builds/write_vectors": "admin",
         "/builds/finish": "admin",
+        "/ingest/known": "admin",
+        "/ingest/vectors": "admin",
     },
 }
 BODIES: dict[str, dict[str, Any]] = {
@@ -72,6 +74,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "/builds/write": {"collection": "guarded", "physical": "x", "points": []},
     "/builds/write_vectors": {"collection": "guarded", "physical": "x", "ids": [], "payloads": [], "vectors_b64": ""},
     "/builds/finish": {"collection": "guarded", "physical": "x"},
+    "/ingest/known": {"collection": "guarded", "ids": []},
+    "/ingest/vectors": {"collection": "guarded", "blobs": [], "payloads": [], "vectors_b64": {}},
 }
 MAX_BODY = 3_000_000
 MATRIX = [(svc, route, scope) for svc, routes in SCOPES.items() for route, scope in routes.items()]

@@ -415,3 +415,48 @@ def test_a_rebuild_of_thousands_survives_a_kill_and_concurrent_ingests(stack: di
     for b in [*late, *blobs[:: n // 40]]:  # every late one, and 40 of the rest
         (hit,) = call(url, "/search", collection=name, image=to_base64(b), top_k=1)
         assert hit["version"] == v and hit["score"] > 0.9999, hit
+
+
+def test_a_bulk_page_embedded_before_a_build_started_is_sent_again_with_the_builds_version(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """The ingest pipeline against the real search service: a rebuild starts after the job embedded its first
+    page with the live version alone. The service refuses that page (``missing``), the job embeds it with the
+    build's version too and sends it again, so the build holds every item, by its own version."""
+    from infra.clients import SearchClient
+    from infra.uris import UriPolicy
+    from workers.embedder import EmbedderCache
+    from workers.pipelines.ingest import FileWork, run_ingest
+
+    name, url = "bulk-racing", stack["search"]
+    call(url, "/collections/create", name=name)
+    v = stack["store"].register(MODEL, ClipModel.from_pretrained("vlmops-toy-clip", seed=17)).version
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, s in enumerate(ToyWorld().samples(40, Split.TRAIN, start=80_000)):
+        (folder / f"{i:03d}.png").write_bytes(encode_png(s.image))
+    cache = EmbedderCache(make_settings(stack["home"]))
+    asked: list[str] = []
+    build: dict[str, Any] = {}
+
+    def embedder_for(version: str) -> Any:
+        asked.append(version)
+        if not build:  # the first page is being embedded by version 1 alone: a rebuild starts now
+            build.update(call(url, "/builds/start", collection=name, version=v))
+        return cache.get(MODEL, version)
+
+    files = FileWork(UriPolicy([str(folder)], []), 1 << 24, str(stack["home"] / "blobs"))
+    try:
+        search = SearchClient(url)
+        uris = sorted(str(p) for p in folder.iterdir())
+        out = run_ingest(name, uris, search, files, embedder_for, page_size=16)
+    finally:
+        files.close()
+    assert (out.stored, out.rejected, out.count) == (40, 0, 40)
+    # every page by both versions: the first, embedded before the build, was refused and embedded again
+    assert asked[0] == "1" and asked.count("1") == asked.count(v) == 3
+    done = call(url, "/builds/finish", collection=name, physical=build["physical"])  # every live item is in it
+    assert done["version"] == v and done["count"] == 40
+    for f in sorted(folder.iterdir())[::7]:  # each by the build's version: the service embeds the query so
+        (hit,) = call(url, "/search", collection=name, image=to_base64(f.read_bytes()), top_k=1)
+        assert hit["version"] == v and hit["score"] > 0.9999 and hit["payload"]["uri"] == str(f)
