@@ -29,6 +29,7 @@ from registry.store import PRODUCTION, RegistryEvent, RegistryStore, VersionInfo
 
 EVAL_TAG_PREFIX = "eval."
 EVAL_EXPERIMENT = "vlmops-eval"
+MAX_TAG_VALUE = 100_000  # MLflow's limit on a model version tag's value
 
 
 class GateRefused(VlmopsError):
@@ -76,7 +77,6 @@ def _tag_value(report: EvalReport, source: str) -> str:
     return json.dumps(base)
 
 
-MAX_TAG_VALUE = 100_000  # MLflow's limit on a model version tag's value
 
 
 def evaluate_versions(

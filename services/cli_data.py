@@ -14,6 +14,7 @@ import click
 
 from infra.settings import Settings
 
+JOB_URIS = 100_000  # URIs in one ingest job at most (a longer list is sent as several jobs)
 GRPC_HELP = "call the search service over gRPC at HOST:PORT (default: HTTP at VLMOPS_WORKER__SEARCH_URL)"
 
 
@@ -104,7 +105,7 @@ def _create(settings: Settings, collection: str, target: str | None) -> None:
 
 
 def _ingest_job(settings: Settings, collection: str, sources: list[str], wait: bool) -> None:
-    """One job for the listed files and URIs, one per folder (the worker lists it as it goes)."""
+    """One job per folder (the worker lists it as it goes), and one per ``JOB_URIS`` listed files and URIs."""
     from workers.app import make_app
     from workers.follow import follow
 
@@ -114,8 +115,10 @@ def _ingest_job(settings: Settings, collection: str, sources: list[str], wait: b
     folders = [s for s in sources if s.endswith("/") or Path(s).is_dir()]
     files = [s for s in sources if s not in folders]
     tasks = [app.send_task("vlmops.ingest", args=[collection], kwargs={"folder": f}) for f in folders]
-    if files:
-        tasks.append(app.send_task("vlmops.ingest", args=[collection], kwargs={"uris": files}))
+    for start in range(0, len(files), JOB_URIS):  # a job's message holds its list: bounded, as its memory is
+        tasks.append(
+            app.send_task("vlmops.ingest", args=[collection], kwargs={"uris": files[start : start + JOB_URIS]})
+        )
     for task in tasks:
         click.echo(f"job {task.id}")
     if not wait:
