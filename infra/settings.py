@@ -191,9 +191,9 @@ class WorkerSettings(BaseModel):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="intra-op threads of a job's model on CPU; default: one less than the CPUs (a job's reader "
-        "and writer threads keep one: measured on 2 cores, a busy writer thread beside a 2-thread forward "
-        "took the model from 2,700 to 700 images/s, beside a 1-thread one from 2,570 to 2,200)",
+        description="intra-op threads of a job's model on CPU; default: one less than the CPUs (the job's "
+        "decode thread keeps one), or all of them for a model whose forward scales with them (timed at load: "
+        "workers/embedder.py cpu_threads)",
     )
     grace_s: float = Field(
         60.0, ge=0, description="how long a replaced collection stays before the search service drops it"
