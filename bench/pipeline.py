@@ -214,6 +214,8 @@ def main() -> None:
                             "worker": peak_rss_mb(worker.proc.pid),
                         }
                 log = (home / "worker.log").read_text().splitlines()
+                for line in [ln for ln in log if "for the bulk jobs" in ln]:
+                    print(f"  worker: {line.split('] ', 1)[-1][:160]}")
                 for line in [ln for ln in log if "succeeded in" in ln][-2:]:
                     print(f"  worker: {line.split('] ', 1)[-1][:160]}")
                 for what, marker in (("ingest", "uris,"), ("reindex", "to version")):
