@@ -77,8 +77,6 @@ def _tag_value(report: EvalReport, source: str) -> str:
     return json.dumps(base)
 
 
-
-
 def evaluate_versions(
     store: RegistryStore,
     settings: Settings,
