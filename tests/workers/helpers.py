@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from celery.result import AsyncResult
 
 
 def ensure_redis() -> None:
@@ -124,3 +127,46 @@ class SearchWatch:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+MODEL = "vlmops-clip"
+
+
+def call(url: str, route: str, **body: Any) -> Any:
+    resp = httpx.post(f"{url}{route}", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def kill_mid_job(worker: subprocess.Popen[bytes], result: AsyncResult, done: int) -> None:
+    """SIGKILL ``worker`` once its job reports ``done`` items: mid-job, unacknowledged."""
+    deadline = time.monotonic() + 120
+    while not (result.state == "PROGRESS" and (result.info or {}).get("done", 0) >= done):
+        assert time.monotonic() < deadline, f"the job never got going: {result.state}"
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+
+def count(url: str, name: str) -> tuple[int, str]:
+    row = next(c for c in call(url, "/collections/list") if c["name"] == name)
+    return int(row["count"]), str(row["version"])
+
+
+def item_ids(url: str, name: str) -> list[str]:
+    """The ids of every live item of ``name``, through the rebuild protocol's cursor pages."""
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = call(url, "/builds/items", collection=name, cursor=cursor, limit=1000)
+        ids += [item["id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            return ids
+
+
+def fresh_broker(db: int) -> str:
+    """A Redis database of its own for one test's jobs, emptied of anything an earlier run left."""
+    ensure_redis()
+    broker = f"redis://127.0.0.1:6379/{db}"
+    redis.Redis.from_url(broker).flushdb()
+    return broker
