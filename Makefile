@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 K8S_VENV := .venv-k8s
 K8S_STAMP := $(K8S_VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-scale serve proto k8s k8s-tools images push lock clean
+.PHONY: setup browser demo test lint bench bench-scale serve proto k8s k8s-tools images push lock clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	$(BIN)/vlmops demo
 
-test: setup k8s-tools
+# the explorer's tests drive Debian's Chromium with Playwright (never `playwright install`: no downloads here)
+browser:
+	@command -v chromium > /dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test: setup k8s-tools browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs
 

@@ -2,7 +2,7 @@
 reindex job, and online ingest over HTTP (a client's pages through the search and embedding services),
 each against the raw in-process image embedding throughput of the same model.
 
-Real processes (embedding service, search service, worker on the embedded broker, Qdrant Edge,
+Real processes (embedding service, search service, a worker on Redis (`--broker`; `embedded`: sqlite), Qdrant Edge,
 sqlite catalog) on a real architecture with random weights; the images are JPEG-encoded toy images
 in a folder. The raw rate is measured before the jobs and again after them, and the pipeline is
 compared with their mean (the machines are shared: a single raw window can drift by a third). Each
@@ -165,6 +165,12 @@ def main() -> None:
             "VLMOPS_WORKER__RECONCILE": "false",  # the job below targets a version that is not production
             "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(folder)]),
         }
+        if args.broker != "embedded":  # a deployment's Redis, emptied of what an earlier run left
+            import redis
+
+            redis.Redis.from_url(args.broker).flushdb()
+            env |= {"VLMOPS_BROKER_URL": args.broker, "VLMOPS_RESULT_BACKEND": args.broker}
+        results["broker"] = args.broker
         blob_dir = (
             Path(tempfile.mkdtemp(prefix="vlmops-bench-blobs-", dir=args.blobs)) if args.blobs else home / "blobs"
         )
@@ -188,7 +194,13 @@ def main() -> None:
                 online = len(files) / (time.perf_counter() - t0)
                 print(f"online ingest (HTTP pages of {args.batch}, {len(files)} images): {online:.1f} images/s")
                 with WorkerProcess(env=env, log_path=home / "worker.log") as worker:
-                    app = make_app(Settings(home=home, broker_url=env.get("VLMOPS_BROKER_URL")))
+                    app = make_app(
+                        Settings(
+                            home=home,
+                            broker_url=env.get("VLMOPS_BROKER_URL"),
+                            result_backend=env.get("VLMOPS_RESULT_BACKEND"),
+                        )
+                    )
                     # a small job of each kind first: the worker boots and loads both versions once
                     t0 = time.perf_counter()
                     run_job(app, "vlmops.ingest", ["warm"], {"uris": [str(f) for f in files[:8]]})

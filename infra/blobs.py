@@ -76,6 +76,8 @@ class BlobStore:
             raise NotFound(f"no blob {key}") from exc
 
     def exists(self, key: str) -> bool:
+        if self.protocol == "file":  # a stat, not fsspec's info dict (a bulk page asks about every item)
+            return os.path.exists(self._path(key))
         return bool(self.fs.exists(self._path(key)))
 
 

@@ -11,19 +11,17 @@ replica keeps nothing of its own, so several can serve one PostgreSQL catalog an
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from infra.blobs import BlobStore
 from infra.catalog_db import CatalogDB, CollectionRow, JobRow
-from infra.errors import Conflict, InvalidInput, NotFound
+from infra.errors import Conflict, InvalidInput, NotBuilt, NotFound
 from infra.periodic import Periodic
 from infra.vector_index import Hit, IndexPoint, VectorIndex, physical_name, point_id
 from infra.vector_index.base import Filter, check_name, is_uuid
@@ -88,6 +86,21 @@ class Catalog:
     def info(self, name: str) -> CollectionInfo:
         """The collection as it is live now: name → physical collection → model version."""
         return _info(self.row(name))
+
+    def info_at(self, name: str, version: str | None) -> CollectionInfo:
+        """The collection as embedded by ``version``: the live one, or a running (or held shadow) build's
+        staging collection; ``None``: the live one. :class:`Conflict` when no index of that version exists."""
+        row = self.row(name)
+        if version is None or version == row.live_version:
+            return _info(row)
+        if row.build_physical and row.build_version == version:
+            return CollectionInfo(row.name, row.model, version, row.build_physical, row.dim, list(row.keyword_fields))
+        building = f"a build of version {row.build_version} is running" if row.build_physical else "no build is running"
+        raise NotBuilt(
+            f"collection {name!r} has no index of version {version}: it is live on version {row.live_version} and "
+            f"{building}; start a shadow build of version {version} (`vlmops reindex {name} --version {version} "
+            "--shadow`, or the explorer's button)"
+        )
 
     def list(self) -> list[CollectionInfo]:
         return [_info(r) for r in self.db.all()]
@@ -186,15 +199,26 @@ class Catalog:
             self.db.retire(conn, row.live_physical, time.time())
         return self.info(name)
 
-    def _missing(self, live: str, staging: str, batch: int = 1024) -> int:
-        """Live items the staging collection lacks: one cursor pass over the live one, a page at a time."""
+    def _missing(self, live: str, staging: str, batch: int = 4096) -> int:
+        """Live items the staging collection lacks: one cursor pass over the live one's ids, a page at a time
+        (ids only: no payload or vector is read)."""
         missing, cursor = 0, None
         while True:
-            page, cursor = self.index.page(live, cursor, batch, with_vectors=False)
-            ids = [p.id for p in page]
-            missing += len(set(ids) - {p.id for p in self.index.get(staging, ids)}) if ids else 0
+            ids, cursor = self.index.id_page(live, cursor, batch)
+            missing += len(set(ids) - set(self.index.present(staging, ids))) if ids else 0
             if cursor is None:
                 return missing
+
+    def drop_build(self, name: str) -> str | None:
+        """Abandon the running (or held shadow) build: its staging collection is dropped; returns its physical
+        name (``None``: there was none)."""
+        with self.db.locked(name, exclusive=True) as (conn, row):
+            if not row.build_physical:
+                return None
+            self.db.forget_physical(conn, row.build_physical)
+            self.db.update(conn, name, build_physical=None, build_version=None, build_started_at=None)
+        self.index.drop(row.build_physical)  # after commit: a search that read the row fails cleanly (404)
+        return row.build_physical
 
     def drop_retired(self, grace_s: float) -> list[str]:
         """Drop physical collections retired more than ``grace_s`` ago (searches in flight have finished)."""
@@ -259,18 +283,17 @@ class Catalog:
         vectors: dict[str, np.ndarray],
     ) -> list[str]:
         """Write the items to every target of ``row`` (the caller holds the collection's lock)."""
+        ids = [point_id(key) for key in keys]
+        stored = [{**payload, "blob": key, "content_hash": key} for key, payload in zip(keys, payloads, strict=True)]
         for physical, version in row.targets:
-            points = [
-                IndexPoint(point_id(key), vec.tolist(), {**payload, "blob": key, "content_hash": key})
-                for key, vec, payload in zip(keys, vectors[version], payloads, strict=True)
-            ]
-            self.index.upsert(physical, points)
-        return [point_id(key) for key in keys]
+            rows = vectors[version].tolist()
+            self.index.upsert(physical, [IndexPoint(*point) for point in zip(ids, rows, stored, strict=True)])
+        return ids
 
     def known(self, name: str, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` already in the live collection (a bulk job skips them)."""
         wanted = [i for i in ids if is_uuid(i)]
-        return [p.id for p in self.index.get(self.info(name).physical, wanted)] if wanted else []
+        return self.index.present(self.info(name).physical, wanted) if wanted else []
 
     def targets(self, name: str) -> list[str]:
         """The versions an item written now must be embedded by: the live one, and a build's."""
@@ -283,19 +306,28 @@ class Catalog:
         top_k: int = 10,
         filter: Filter | None = None,
         score_threshold: float | None = None,
+        version: str | None = None,
     ) -> list[Result]:
-        """``embed_query(version)`` embeds the query with the version behind the alias at this moment."""
-        info = self.info(name)
+        """``embed_query(version)`` embeds the query with the version behind the alias at this moment
+        (``version``: with that version, in the staging collection of its build)."""
+        info = self.info_at(name, version)
         vector = embed_query(info.version)
         return self.search_vector(info, vector, top_k, filter, score_threshold)
 
-    def vector_of(self, name: str, item_id: str) -> tuple[CollectionInfo, np.ndarray]:
-        """An item's stored vector, for "more like this" (same physical collection, same version)."""
-        info = self.info(name)
+    def _point(self, info: CollectionInfo, item_id: str) -> IndexPoint:
         found = self.index.get(info.physical, [item_id]) if is_uuid(item_id) else []  # ids are UUIDs
         if not found:
-            raise NotFound(f"collection {name!r} has no item {item_id!r}")
-        return info, np.asarray(found[0].vector, dtype=np.float32)
+            raise NotFound(f"collection {info.name!r} has no item {item_id!r} (version {info.version})")
+        return found[0]
+
+    def vector_of(self, name: str, item_id: str, version: str | None = None) -> tuple[CollectionInfo, np.ndarray]:
+        """An item's stored vector, for "more like this" (same physical collection, same version)."""
+        info = self.info_at(name, version)
+        return info, np.asarray(self._point(info, item_id).vector, dtype=np.float32)
+
+    def blob_of(self, name: str, item_id: str) -> str:
+        """The blob key of an item of the live collection (its original image, for a thumbnail)."""
+        return str(self._point(self.info(name), item_id).payload.get("blob", ""))
 
     def search_vector(
         self, info: CollectionInfo, vector: np.ndarray, top_k: int, filter: Filter | None, threshold: float | None
@@ -311,48 +343,6 @@ class Catalog:
         return Result(
             hit.id, hit.score, payload, self.blobs.uri(str(hit.payload.get("blob", ""))), info.model, info.version
         )
-
-    # ---------------------------------------------------------------- migration
-    def migrate_json(self, folder: Path) -> int:
-        """Import ``collections.json`` of an earlier release (the catalog was a file on the search
-        service's disk) once; the file is renamed so it is never read again. Returns collections imported."""
-        path = folder / "collections.json"
-        if not path.is_file():
-            return 0
-        data: dict[str, dict[str, Any]] = json.loads(path.read_text())
-        imported = 0
-        with self.db.transaction() as conn:
-            for name, meta in sorted(data.items()):
-                if self.db.get(name) is not None:
-                    continue
-                versions: dict[str, str] = {k: str(v) for k, v in meta.get("versions", {}).items()}
-                live = self.index.resolve(name)
-                if live is None or live not in versions:
-                    log.warning("collections.json: %r has no live collection in the index; not imported", name)
-                    continue
-                build = meta.get("build") or {}
-                row = CollectionRow(
-                    name,
-                    str(meta["model"]),
-                    int(meta["dim"]),
-                    list(meta.get("keyword_fields", [])),
-                    live,
-                    versions[live],
-                    build_physical=build.get("physical"),
-                    build_version=build.get("version"),
-                    build_started_at=time.time() if build else None,
-                    created_at=time.time(),
-                )
-                self.db.insert(conn, row)
-                for physical, version in versions.items():
-                    if physical != live:
-                        self.db.add_physical(conn, physical, name, version)
-                for physical, since in meta.get("retired", {}).items():
-                    self.db.retire(conn, physical, float(since))
-                imported += 1
-        path.rename(path.with_name("collections.json.migrated"))
-        log.warning("migrated %d collection(s) from %s into the catalog database", imported, path)
-        return imported
 
 
 def as_dict(result: Result | CollectionInfo | JobRow) -> dict[str, Any]:

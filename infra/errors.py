@@ -62,3 +62,7 @@ class Misconfigured(VlmopsError):
     """Settings or stored state that cannot work across machines; the message says how to fix it."""
 
     http_status = 500
+
+
+class NotBuilt(Conflict):
+    """The collection has no index of the version asked for (no running or shadow build of it)."""

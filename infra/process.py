@@ -23,7 +23,9 @@ SERVICES: dict[str, str] = {
     "vqa": "services.vqa:VQAService",
     "grounding": "services.grounding:GroundingService",
     "search": "services.search:SearchService",
+    "explorer": "services.explorer:ExplorerService",
 }
+NO_GRPC = ("explorer",)  # serves HTTP only (the web page)
 
 
 def grpc_port_variable(name: str) -> str:

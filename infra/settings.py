@@ -139,6 +139,7 @@ class SearchSettings(GrpcSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_text_chars: int = Field(2048, ge=1)
+    thumbnail_cache_bytes: int = Field(64 * 1024 * 1024, ge=0, description="thumbnails kept in memory (LRU)")
     threads: int = Field(8, ge=1, description="requests handled at once (each waits mostly on the embedding service)")
     access_log: bool = False
     max_concurrency: int = Field(64, ge=1, description="requests in flight; over it: 429 with Retry-After")
@@ -153,6 +154,19 @@ class SearchSettings(GrpcSettings):
         description="remote origins ingest items may name by `uri`: scheme://host[:port] (https://images.example.com, "
         "s3://bucket); empty: no remote reads",
     )
+
+
+class ExplorerSettings(BaseModel):
+    """The explorer, the platform's web page (``VLMOPS_EXPLORER__*``): where it finds the services it calls
+    for the browser (with the browser's key)."""
+
+    search_url: str = "http://127.0.0.1:3001"
+    embedding_url: str = "http://127.0.0.1:3000"
+    captioning_url: str = "http://127.0.0.1:3002"
+    vqa_url: str = "http://127.0.0.1:3003"
+    grounding_url: str = "http://127.0.0.1:3004"
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body (an upload)")
+    timeout_s: float = Field(120.0, gt=0, description="how long a call to a service may take")
 
 
 class AuthSettings(BaseModel):
@@ -194,6 +208,13 @@ class WorkerSettings(BaseModel):
         description="intra-op threads of a job's model on CPU; default: one less than the CPUs (the job's "
         "decode thread keeps one), or all of them for a model whose forward scales with them (timed at load: "
         "workers/embedder.py cpu_threads)",
+    )
+    prepare_processes: int | None = Field(
+        None,
+        ge=0,
+        description="processes that decode, resize and crop a job's images on a GPU worker (the model's "
+        "float conversion and normalisation then run on the GPU); default: the CPUs less two with a GPU, 0 on "
+        "CPU (one thread beside the model, which needs the cores)",
     )
     grace_s: float = Field(
         60.0, ge=0, description="how long a replaced collection stays before the search service drops it"
@@ -289,12 +310,15 @@ class Settings(BaseSettings):
     blob_root: str | None = Field(None, description="fsspec URI of the blob store; default: HOME/blobs")
     broker_url: str | None = Field(None, description="e.g. redis://host:6379/0; default: sqlite under HOME")
     result_backend: str | None = Field(None, description="default: the Redis broker, or sqlite under HOME")
-    up_services: str = Field("embedding,search,captioning,vqa,grounding", description="what `vlmops up` starts")
+    up_services: str = Field(
+        "embedding,search,captioning,vqa,grounding,explorer", description="what `vlmops up` starts"
+    )
     embedding: EmbeddingSettings = EmbeddingSettings()
     captioning: CaptioningSettings = CaptioningSettings()
     vqa: VQASettings = VQASettings()
     grounding: GroundingSettings = GroundingSettings()
     search: SearchSettings = SearchSettings()
+    explorer: ExplorerSettings = ExplorerSettings()
     worker: WorkerSettings = WorkerSettings()
     gate: GateSettings = GateSettings()
     auth: AuthSettings = AuthSettings()

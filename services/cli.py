@@ -180,7 +180,7 @@ def models_rollback(name: str, reason: str, reindex: bool) -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding", "search"]))
+@click.argument("service", type=click.Choice(["embedding", "captioning", "vqa", "grounding", "search", "explorer"]))
 @click.option("--port", default=3000, show_default=True)
 @click.option("--grpc-port", type=int, default=None, help="default: VLMOPS_<SERVICE>__GRPC_PORT; 0: no gRPC")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0: every address (needs API keys)")
@@ -196,8 +196,9 @@ def serve(service: str, port: int, grpc_port: int | None, host: str) -> None:
     if grpc_port is not None:
         os.environ[grpc_port_variable(service)] = str(grpc_port)
         settings = _settings()
-    rpc = getattr(settings, service).grpc_port
-    click.echo(f"{service}: http://{host}:{port}" + (f"  grpc {host}:{rpc}" if rpc else "  (no gRPC)"), err=True)
+    rpc = getattr(getattr(settings, service), "grpc_port", 0)
+    page = "/explorer/" if service == "explorer" else ""
+    click.echo(f"{service}: http://{host}:{port}{page}" + (f"  grpc {host}:{rpc}" if rpc else "  (no gRPC)"), err=True)
     cmd = serve_command(service, port, host)
     os.execv(cmd[0], cmd)
 
@@ -212,7 +213,7 @@ def up(services: str | None, port: int, grpc_port: int, worker: bool) -> None:
     import signal
     import time
 
-    from infra.process import SERVICES, ServiceProcess, WorkerProcess
+    from infra.process import NO_GRPC, SERVICES, ServiceProcess, WorkerProcess
 
     settings = _settings()
     names = [n.strip() for n in (services or settings.up_services).split(",") if n.strip()]
@@ -228,8 +229,17 @@ def up(services: str | None, port: int, grpc_port: int, worker: bool) -> None:
         )
     if "search" in ports:
         env["VLMOPS_WORKER__SEARCH_URL"] = f"http://127.0.0.1:{ports['search']}"
+    for name in ("search", "embedding", "captioning", "vqa", "grounding"):  # where the explorer finds them
+        if name in ports:
+            env[f"VLMOPS_EXPLORER__{name.upper()}_URL"] = f"http://127.0.0.1:{ports[name]}"
     procs = [
-        ServiceProcess(n, port=ports[n], env=env, log_path=home / f"{n}.log", grpc_port=grpc_port and grpc_port + i)
+        ServiceProcess(
+            n,
+            port=ports[n],
+            env=env,
+            log_path=home / f"{n}.log",
+            grpc_port=0 if n in NO_GRPC else grpc_port and grpc_port + i,
+        )
         for i, n in enumerate(names)
     ]
     workers = []
@@ -249,6 +259,9 @@ def up(services: str | None, port: int, grpc_port: int, worker: bool) -> None:
             click.echo(f"{'worker':<11} celery (logs: {home / 'worker.log'})")
         for proc in procs:
             proc.wait_live()
+            if proc.name == "explorer":
+                click.echo(f"{'explorer':<11} {proc.url}/explorer/  (the web page; logs: {proc.log_path})")
+                continue
             rpc = f"grpc {proc.grpc_target}" if proc.grpc_target else "no gRPC"
             click.echo(
                 f"{proc.name:<11} {proc.url}  {rpc}  (logs: {proc.log_path}; ready once its model has a production "
@@ -285,18 +298,29 @@ def worker(loglevel: str, queues: str) -> None:
 @click.argument("collection")
 @click.option("--version", default=None, help="default: production of the collection's model")
 @click.option("--wait/--no-wait", default=True, help="follow the job with a progress bar")
-def reindex(collection: str, version: str | None, wait: bool) -> None:
+@click.option(
+    "--shadow",
+    is_flag=True,
+    help="build the collection by VERSION beside the live one and keep it, never swapped in: searchable by "
+    "version (the explorer's side-by-side view) until promoted or dropped",
+)
+def reindex(collection: str, version: str | None, wait: bool, shadow: bool) -> None:
     """Re-embed COLLECTION with another model version as a Celery job; the alias swaps when it completes."""
     from workers.app import make_app
 
-    task = make_app(_settings()).send_task("vlmops.reindex", args=[collection, version])
+    if shadow and version is None:
+        raise click.BadParameter("a shadow build needs the version to build", param_hint="--version")
+    task = make_app(_settings()).send_task("vlmops.reindex", args=[collection, version], kwargs={"shadow": shadow})
     click.echo(f"job {task.id}")
     if not wait:
         return
     from workers.follow import follow
 
-    out = follow(task, f"reindexing {collection}")
-    click.echo(f"{collection}: {out['count']} items now embedded by version {out['version']} ({out['physical']})")
+    out = follow(task, f"{'shadow build of' if shadow else 'reindexing'} {collection}")
+    if out.get("shadow"):
+        click.echo(f"{collection}: shadow of {out['count']} items by version {out['version']} ({out['physical']})")
+    else:
+        click.echo(f"{collection}: {out['count']} items now embedded by version {out['version']} ({out['physical']})")
 
 
 @main.command()

@@ -28,6 +28,7 @@ from infra.errors import (
     Conflict,
     DeadlineExceeded,
     InvalidInput,
+    NotBuilt,
     NotFound,
     NotReady,
     Overloaded,
@@ -74,7 +75,7 @@ class GrpcError(VlmopsError):
 
 ERRORS: dict[str, type[VlmopsError]] = {
     kind.__name__: kind
-    for kind in (InvalidInput, NotFound, PayloadTooLarge, Conflict, Overloaded, NotReady, DeadlineExceeded)
+    for kind in (InvalidInput, NotFound, PayloadTooLarge, Conflict, NotBuilt, Overloaded, NotReady, DeadlineExceeded)
 } | {"Unauthenticated": Unauthenticated, "Forbidden": Forbidden}
 
 
@@ -289,13 +290,17 @@ class SearchGrpc(GrpcClient):
         top_k: int = 10,
         filter: dict[str, Any] | None = None,
         score_threshold: float | None = None,
+        model_version: str | None = None,
     ) -> list[Hit]:
+        """``model_version``: the collection as embedded by that version (a running or shadow build's)."""
         request = search_pb2.SearchRequest(collection=collection, top_k=top_k, filter=payload_of(filter))
         for name, value in (("text", text), ("image", image), ("item_id", item_id)):
             if value is not None:
                 setattr(request, name, value)
         if score_threshold is not None:
             request.score_threshold = score_threshold
+        if model_version is not None:
+            request.model_version = model_version
         out = self.call(self.stub.Search, request)
         return [
             Hit(r.id, r.score, from_values(r.payload, "payload"), r.blob_uri, r.model.model, r.model.version)

@@ -162,6 +162,10 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
                 with WorkerProcess(env=worker_env, log_path=settings.home.resolve() / "demo-worker.log"):
                     gain = finetune_demo(jobs, SearchClient(search.url, api_key=settings.auth.key), seed)
     click.echo(f"\nservices stopped; demo took {time.perf_counter() - t0:.0f} s")
+    click.echo(
+        "to look at the results in a browser: `.venv/bin/vlmops up`, then open http://127.0.0.1:3005/explorer/ "
+        "(collections demo-toys and the rest of this demo)"
+    )
     return 0 if acc >= 0.9 and p_at_10 >= 0.9 and gain >= 0.1 else 1
 
 

@@ -12,16 +12,17 @@ Edge index (``VLMOPS_INDEX_PATH``) it is the one process that opens the index.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 import httpx
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from bentoml.validators import ContentType
 
 from infra.blobs import BlobStore, is_content_hash
 from infra.catalog import Catalog, Janitor, Result, as_dict
 from infra.catalog_db import CatalogDB
+from infra.catalog_migration import migrate_json
 from infra.clients import EmbeddingClient, Embeddings, ServiceError
 from infra.errors import InvalidInput, Misconfigured, NotReady, VlmopsError
 from infra.images import decode_base64, decode_image
@@ -36,73 +37,20 @@ from services.gateway import gateway
 from services.guard import audit_target
 from services.items import clean_text
 from services.rpc.search import servicers
+from services.search_metrics import ITEMS, LIVE, REINDEX_ACTIVE, REINDEX_FAILURES
+from services.search_schemas import BuildPoint, IngestItem, ResultOut
+from services.thumbnails import ThumbnailCache, check_size, make_thumbnail
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.search
 BULK_PAGE = 4096  # items in one page of a bulk job (ids asked about, items written)
-ITEMS = bentoml.metrics.Gauge(
-    name="vlmops_collection_items",
-    documentation="items in the live physical collection (0 for a version it has left)",
-    labelnames=["collection", "version"],
-    multiprocess_mode="mostrecent",
-)
-LIVE = bentoml.metrics.Gauge(
-    name="vlmops_collection_live",
-    documentation="1 for the model version that embedded the collection's live items (its queries are "
-    "embedded by it too); 0 for a version it has left",
-    labelnames=["collection", "model", "version"],
-    multiprocess_mode="mostrecent",
-)
-REINDEX_FAILURES = bentoml.metrics.Gauge(
-    name="vlmops_reindex_failures",
-    documentation="consecutive failed reindex attempts of the collection (0: the last one succeeded)",
-    labelnames=["collection"],
-    multiprocess_mode="mostrecent",
-)
-REINDEX_ACTIVE = bentoml.metrics.Gauge(
-    name="vlmops_reindex_active",
-    documentation="1 while a reindex of the collection is queued or running",
-    labelnames=["collection"],
-    multiprocess_mode="mostrecent",
-)
-
-
-class IngestItem(BaseModel):
-    image: str | None = Field(None, description="base64 of the image file")
-    uri: str | None = Field(
-        None,
-        description="or where the service reads it: only under VLMOPS_SEARCH__INGEST_URI_PREFIXES (local folders) "
-        "or from VLMOPS_SEARCH__INGEST_URI_HOSTS (remote origins); off by default",
-    )
-    payload: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> IngestItem:
-        if (self.image is None) == (self.uri is None):
-            raise ValueError("give exactly one of image and uri")
-        return self
-
-
-class BuildPoint(BaseModel):
-    id: str
-    vector_b64: str = Field(description="base64 of little-endian float32")
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-
-class ResultOut(BaseModel):
-    id: str
-    score: float
-    payload: dict[str, Any]
-    blob_uri: str
-    model: str
-    version: str
 
 
 @gateway(
     LIMITS,
     SETTINGS.auth,
     log_format=SETTINGS.log_format,
-    read=("list_collections", "search"),
+    read=("list_collections", "search", "thumbnail"),
     write=("create_collection", "ingest"),
     admin=(
         "delete_collection",
@@ -113,6 +61,7 @@ class ResultOut(BaseModel):
         "finish_build",
         "ingest_known",
         "ingest_vectors",
+        "drop_build",
     ),
     fast_path=False,
     grpc=servicers(LIMITS),
@@ -128,7 +77,8 @@ class SearchService:
     def __init__(self) -> None:
         index = open_index(SETTINGS)
         self.catalog = Catalog(CatalogDB(SETTINGS.catalog_uri), index, BlobStore(SETTINGS.blob_uri))
-        self.catalog.migrate_json(SETTINGS.home.resolve() / "catalog")  # the file catalog of earlier releases
+        migrate_json(self.catalog, SETTINGS.home.resolve() / "catalog")  # the file catalog of earlier releases
+        self.thumbnails = ThumbnailCache(LIMITS.thumbnail_cache_bytes)
         self.series = {gauge: SeriesSet(gauge) for gauge in (ITEMS, LIVE, REINDEX_FAILURES, REINDEX_ACTIVE)}
         self.refresh_metrics()
         # drops replaced collections, refreshes the catalog gauges
@@ -289,11 +239,14 @@ class SearchService:
         top_k: int = 10,
         filter: dict[str, str | int | bool] | None = None,
         score_threshold: float | None = None,
+        version: str | None = None,
     ) -> list[ResultOut]:
-        """By text, by image, or by an item already in the collection; results name the model version."""
+        """By text, by image, or by an item already in the collection; results name the model version.
+        ``version``: search the collection as embedded by that version (a running or shadow build's staging
+        collection; 409 when there is none); default: the live one."""
         with http_errors():
             data = decode_base64(image, "image") if image is not None else None
-        found = self.find(collection, text, data, item_id, top_k, filter, score_threshold)
+        found = self.find(collection, text, data, item_id, top_k, filter, score_threshold, version)
         return [ResultOut(**as_dict(r)) for r in found]
 
     def find(
@@ -305,6 +258,7 @@ class SearchService:
         top_k: int,
         filter: dict[str, Any] | None,
         score_threshold: float | None,
+        version: str | None = None,
     ) -> list[Result]:
         """Search (HTTP and gRPC): by exactly one of text, an image file's bytes and an item id."""
         with http_errors():
@@ -313,18 +267,45 @@ class SearchService:
             if not 1 <= top_k <= LIMITS.max_top_k:
                 raise InvalidInput(f"top_k must be 1 to {LIMITS.max_top_k}")
             if item_id is not None:
-                info, vector = self.catalog.vector_of(collection, item_id)
+                info, vector = self.catalog.vector_of(collection, item_id, version)
                 return self.catalog.search_vector(info, vector, top_k, filter, score_threshold)
             if text is not None:
                 query = clean_text(text, LIMITS.max_text_chars)
                 return self.catalog.search(
-                    collection, lambda v: self._embed_text(query, v), top_k, filter, score_threshold
+                    collection, lambda v: self._embed_text(query, v), top_k, filter, score_threshold, version
                 )
             data = image or b""
             decode_image(data, max_bytes=LIMITS.max_image_bytes, max_pixels=LIMITS.max_image_pixels)
             return self.catalog.search(
-                collection, lambda v: self._embed_images([data], v)[0], top_k, filter, score_threshold
+                collection, lambda v: self._embed_images([data], v)[0], top_k, filter, score_threshold, version
             )
+
+    @bentoml.api
+    def thumbnail(
+        self,
+        collection: str,
+        item_id: str,
+        size: int = 256,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> Annotated[bytes, ContentType("image/jpeg")]:
+        """A JPEG of an item's original, at most ``size`` (64, 128, 256 or 512) pixels on the longer side;
+        cached in this process, and by the browser (the original is content-addressed: it never changes)."""
+        with http_errors():
+            check_size(size)
+            key = self.catalog.blob_of(collection, item_id)
+            made = self.thumbnails.get((key, size))
+            if made is None:
+                made = make_thumbnail(
+                    self.catalog.blobs.get(key),
+                    size,
+                    max_bytes=LIMITS.max_image_bytes,
+                    max_pixels=LIMITS.max_image_pixels,
+                )
+                self.thumbnails.put((key, size), made)
+        if ctx is not None:
+            ctx.response.headers["cache-control"] = "private, max-age=86400, immutable"
+            ctx.response.headers["etag"] = f'"{key[:32]}-{size}"'
+        return made
 
     # ------------------------------------------------------------------ rebuilds (driven by the reindex job)
     @bentoml.api(route="/builds/start")
@@ -379,6 +360,13 @@ class SearchService:
             rows = flat.reshape(len(ids), dim).tolist()
             points = [IndexPoint(i, v, p) for i, v, p in zip(ids, rows, payloads, strict=True)]
             return {"count": self.catalog.write_build(collection, physical, points)}
+
+    @bentoml.api(route="/builds/drop")
+    def drop_build(self, collection: str) -> dict:
+        """Abandon the collection's running or shadow build (its staging collection is dropped)."""
+        audit_target(collection)
+        with http_errors():
+            return {"dropped": self.catalog.drop_build(collection)}
 
     @bentoml.api(route="/builds/finish")
     def finish_build(self, collection: str, physical: str, grace_s: float = 60.0) -> dict:

@@ -33,6 +33,7 @@ from infra.settings import Settings, resolve_device, resolve_precision
 from infra.threads import one_torch_thread
 from registry.families.clip import ClipModel
 from registry.store import RegistryStore
+from workers import prepare
 
 log = logging.getLogger("vlmops.embedder")
 
@@ -48,10 +49,16 @@ class VersionEmbedder:
         max_pixels: int,
         batch: int = 64,
         threads: int | None = None,
+        processes: int = 0,
     ) -> None:
-        """``threads``: torch's intra-op threads while this embeds (None: left as they are)."""
+        """``threads``: torch's intra-op threads while this embeds (None: left as they are); ``processes``:
+        decode, resize and crop in that many processes (``workers.prepare``: a GPU worker's), the float
+        conversion and normalisation on the model's device; 0: all of it on one thread beside the model."""
         self.model = model
         self.threads = threads
+        geometry = model.pixel_geometry() if processes else None
+        self.processes = processes if geometry is not None else 0
+        self._pool = prepare.pool(self.processes, geometry) if geometry is not None and processes else None
         self.version = version
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
@@ -82,11 +89,12 @@ class VersionEmbedder:
         out: list[np.ndarray] = []
         kept: list[int] = []
         errors: dict[int, str] = {}
-        ahead = [self._preparer.submit(self._prepare, blobs, start, names) for start in starts[:1]]
+        depth = 2 if self._pool is not None else 1  # two batches in the processes: they never wait
+        ahead = [self._preparer.submit(self._prepare, blobs, start, names) for start in starts[:depth]]
         for n, _ in enumerate(starts):
-            pixels, batch_kept, batch_errors = ahead.pop().result()
-            if n + 1 < len(starts):
-                ahead.append(self._preparer.submit(self._prepare, blobs, starts[n + 1], names))
+            pixels, batch_kept, batch_errors = ahead.pop(0).result()
+            if n + depth < len(starts):
+                ahead.append(self._preparer.submit(self._prepare, blobs, starts[n + depth], names))
             kept += batch_kept
             errors |= batch_errors
             if pixels is not None:
@@ -98,6 +106,10 @@ class VersionEmbedder:
         self, blobs: Sequence[bytes], start: int, names: Sequence[str] | None
     ) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
         """One batch decoded and preprocessed: its pixels (None: nothing decoded), kept indices, errors."""
+        if self._pool is not None:
+            prepared = self._prepare_in_processes(blobs, start, names)
+            if prepared is not None:
+                return prepared
         images, kept, errors = [], [], {}
         for i, data in enumerate(blobs[start : start + self.batch], start):
             what = names[i] if names else f"item {i}"
@@ -109,9 +121,50 @@ class VersionEmbedder:
             kept.append(i)
         return (self.model.preprocess_batch(images) if images else None), kept, errors
 
+    def _prepare_in_processes(
+        self, blobs: Sequence[bytes], start: int, names: Sequence[str] | None
+    ) -> tuple[torch.Tensor | None, list[int], dict[int, str]] | None:
+        """The batch split over the preparing processes; its uint8 pixels made floats and normalised on the
+        model's device. ``None``: a chunk came back in a shape the batch form cannot hold."""
+        assert self._pool is not None
+        end = min(start + self.batch, len(blobs))
+        step = -(-(end - start) // self.processes)
+        futures = [
+            self._pool.submit(
+                prepare.prepare_chunk,
+                list(blobs[i : min(i + step, end)]),
+                i,
+                list(names[i : min(i + step, end)]) if names else None,
+                self.max_bytes,
+                self.max_pixels,
+            )
+            for i in range(start, end, step)
+        ]
+        arrays, kept, errors = [], [], {}
+        for future in futures:
+            array, chunk_kept, chunk_errors = future.result()
+            if array is None and chunk_kept:
+                return None
+            if array is not None:
+                arrays.append(array)
+            kept += chunk_kept
+            errors |= chunk_errors
+        if not arrays:
+            return None, kept, errors
+        pixels = torch.from_numpy(np.concatenate(arrays))
+        if self.model.device != "cpu":
+            pixels = pixels.pin_memory().to(self.model.device, non_blocking=True)
+        return self.model.normalize_uint8(pixels), kept, errors
+
+    def close(self) -> None:
+        """Stop the preparing processes (an embedder the cache let go)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
     @functools.cached_property
     def _preparer(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(1, thread_name_prefix=f"prepare-v{self.version}", initializer=one_torch_thread)
+        threads = 2 if self._pool is not None else 1  # with processes: one batch gathered while one is cut
+        return ThreadPoolExecutor(threads, thread_name_prefix=f"prepare-v{self.version}", initializer=one_torch_thread)
 
 
 def cpu_threads(model: ClipModel, cpus: int | None = None, sample: int = 8) -> int:
@@ -168,9 +221,20 @@ class EmbedderCache:
             limits = settings.search
             batch = settings.embedding.max_batch_size  # what the service runs at most: the same arithmetic
             threads = None if device != "cpu" else settings.worker.torch_threads or cpu_threads(model)
-            embedder = VersionEmbedder(model, version, limits.max_image_bytes, limits.max_image_pixels, batch, threads)
-            log.info("loaded %s on %s for the bulk jobs (%s torch threads)", info.ref, device, threads or "default")
+            processes = settings.worker.prepare_processes
+            if processes is None:  # with a GPU the input is the bottleneck: every CPU but two prepares
+                processes = max(1, (os.cpu_count() or 1) - 2) if device != "cpu" else 0
+            embedder = VersionEmbedder(
+                model, version, limits.max_image_bytes, limits.max_image_pixels, batch, threads, processes
+            )
+            log.info(
+                "loaded %s on %s for the bulk jobs (%s torch threads, %s)",
+                info.ref,
+                device,
+                threads or "default",
+                f"{embedder.processes} preparing processes" if embedder.processes else "a preparing thread",
+            )
             self._held[key] = embedder
             while len(self._held) > self.capacity:
-                self._held.popitem(last=False)
+                self._held.popitem(last=False)[1].close()
             return embedder

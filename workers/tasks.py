@@ -27,18 +27,25 @@ EMBEDDERS = EmbedderCache()
 
 
 @app.task(bind=True, name="vlmops.reindex")
-def reindex(self: Task, collection: str, version: str | None = None, replace: bool = False) -> dict[str, Any]:
+def reindex(
+    self: Task, collection: str, version: str | None = None, replace: bool = False, shadow: bool = False
+) -> dict[str, Any]:
     """Re-embed ``collection`` with ``version`` (default: production of its model) and swap it in.
 
     Its state is kept on the collection's job row in the catalog (running, failed with the error and
-    when it is retried, succeeded), where the reconciler and ``vlmops collections`` read it."""
+    when it is retried, succeeded), where the reconciler and ``vlmops collections`` read it.
+
+    ``shadow``: build the collection by ``version`` beside the live one and keep it (searchable by version,
+    for comparing versions before a promotion), never swapping it in; the job row is left to the
+    reconciler's reindexes."""
     settings = Settings()
     search = search_client(settings)
     model = search.collection(collection)["model"]
     if version is None:
         version = RegistryStore.from_settings(settings).by_alias(model, PRODUCTION).version
     db = CatalogDB(settings.catalog_uri)
-    record_start(db, collection, version, str(self.request.id))
+    if not shadow:
+        record_start(db, collection, version, str(self.request.id))
     counted = JobItems(self.name, collection)
 
     def progress(done: int, stage: str) -> None:
@@ -63,12 +70,15 @@ def reindex(self: Task, collection: str, version: str | None = None, replace: bo
             progress=progress,
             inflight=settings.worker.inflight_pages,
             replace=replace,
+            swap=not shadow,
         )
     except Exception as exc:
-        record_end(db, collection, f"{type(exc).__name__}: {exc}", settings.worker)
+        if not shadow:
+            record_end(db, collection, f"{type(exc).__name__}: {exc}", settings.worker)
         raise
     else:
-        record_end(db, collection, None, settings.worker)
+        if not shadow:
+            record_end(db, collection, None, settings.worker)
     finally:
         counted.end()
         search.close()

@@ -100,6 +100,14 @@ class VectorIndex(ABC):
         """The points with these ids (vectors and payloads); unknown ids are left out."""
 
     @abstractmethod
+    def present(self, physical: str, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` the collection holds (ids only: no payload or vector is read)."""
+
+    @abstractmethod
+    def id_page(self, physical: str, cursor: str | None = None, limit: int = 1024) -> tuple[list[str], str | None]:
+        """As :meth:`page`, ids only (no payload or vector is read)."""
+
+    @abstractmethod
     def page(
         self, physical: str, cursor: str | None = None, limit: int = 256, with_vectors: bool = True
     ) -> tuple[list[IndexPoint], str | None]:

@@ -121,6 +121,16 @@ class EdgeIndex(VectorIndex):
         records = self._shard(physical).retrieve(list(ids), with_payload=True, with_vector=True)
         return [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
 
+    def present(self, physical: str, ids: Sequence[str]) -> list[str]:
+        records = self._shard(physical).retrieve(list(ids), with_payload=False, with_vector=False)
+        return [str(r.id) for r in records]
+
+    def id_page(self, physical: str, cursor: str | None = None, limit: int = 1024) -> tuple[list[str], str | None]:
+        records, offset = self._shard(physical).scroll(
+            qe.ScrollRequest(offset=cursor, limit=limit, with_payload=False, with_vector=False)
+        )
+        return [str(r.id) for r in records], None if offset is None else str(offset)
+
     def page(
         self, physical: str, cursor: str | None = None, limit: int = 256, with_vectors: bool = True
     ) -> tuple[list[IndexPoint], str | None]:

@@ -89,6 +89,17 @@ class ServerIndex(VectorIndex):
         records = self.client.retrieve(physical, list(ids), with_payload=True, with_vectors=True)
         return [IndexPoint(str(r.id), list(r.vector or []), dict(r.payload or {})) for r in records]  # type: ignore[arg-type]
 
+    def present(self, physical: str, ids: Sequence[str]) -> list[str]:
+        self._require(physical)
+        return [str(r.id) for r in self.client.retrieve(physical, list(ids), with_payload=False, with_vectors=False)]
+
+    def id_page(self, physical: str, cursor: str | None = None, limit: int = 1024) -> tuple[list[str], str | None]:
+        self._require(physical)
+        records, offset = self.client.scroll(
+            physical, limit=limit, offset=cursor, with_payload=False, with_vectors=False
+        )
+        return [str(r.id) for r in records], None if offset is None else str(offset)
+
     def page(
         self, physical: str, cursor: str | None = None, limit: int = 256, with_vectors: bool = True
     ) -> tuple[list[IndexPoint], str | None]:

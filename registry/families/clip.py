@@ -33,6 +33,16 @@ from registry.families.base import ModelFamily
 
 _TO_TENSOR = ("ToTensor", "MaybeToTensor")  # torchvision's and open_clip's: uint8 HWC -> float CHW / 255
 
+
+def geometry_uint8(geometry: Compose, images: Sequence[Image.Image]) -> np.ndarray | None:
+    """``(N, H, W, 3)`` uint8 pixels of ``images`` after ``geometry`` (``ClipModel.pixel_geometry``); ``None``
+    when they do not come out as RGB images of one size (the caller then preprocesses image by image)."""
+    pil = [geometry(im) for im in images] if geometry.transforms else list(images)
+    if any(im.mode != "RGB" for im in pil) or len({im.size for im in pil}) != 1:
+        return None
+    return np.stack([np.asarray(im, dtype=np.uint8) for im in pil])
+
+
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -222,18 +232,31 @@ class ClipModel(ModelFamily):
         and cropped on its own, then the batch becomes floats and is normalized in one operation each (per
         image those two steps cost a bulk job a third of a fast model's time). Transforms of another shape
         run image by image."""
+        geometry = self.pixel_geometry()
+        if geometry is None:
+            return torch.stack([self.preprocess(im) for im in images])
+        array = geometry_uint8(geometry, images)
+        if array is None:
+            return torch.stack([self.preprocess(im) for im in images])
+        return self.normalize_uint8(torch.from_numpy(array))
+
+    def pixel_geometry(self) -> Compose | None:
+        """The transform's steps before its float conversion (resize, crop: PIL in, PIL out), which
+        :func:`geometry_uint8` runs anywhere (a helper process) and :meth:`normalize_uint8` completes on any
+        device; ``None`` for a transform of another shape."""
         steps = getattr(self.transform, "transforms", [])
         if len(steps) < 2 or not isinstance(steps[-1], Normalize) or type(steps[-2]).__name__ not in _TO_TENSOR:
-            return torch.stack([self.preprocess(im) for im in images])
-        pil = [Compose(steps[:-2])(im) for im in images] if len(steps) > 2 else list(images)
-        if any(im.mode != "RGB" for im in pil) or len({im.size for im in pil}) != 1:
-            return torch.stack([self.preprocess(im) for im in images])
-        array = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in pil]))
+            return None
+        return Compose(steps[:-2])
+
+    def normalize_uint8(self, array: torch.Tensor) -> torch.Tensor:
+        """Uint8 ``(N, H, W, 3)`` pixels (on any device) → the model's float input, as ``preprocess`` makes it:
+        the same two correctly rounded operations, so the same numbers on a GPU."""
         pixels = array.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
-        return steps[-1](pixels)  # Normalize broadcasts its (C, 1, 1) mean and std over the batch
+        return self.transform.transforms[-1](pixels)  # Normalize broadcasts its (C, 1, 1) mean and std
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        pin = self.device != "cpu"
+        pin = self.device != "cpu" and pixels.device.type == "cpu"
         if pin:
             pixels = pixels.pin_memory()
         with self._running():

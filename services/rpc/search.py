@@ -172,6 +172,7 @@ class SearchRpc(search_pb2_grpc.SearchServicer):
         top_k = request.top_k if request.HasField("top_k") else 10
         where = from_values(request.filter, "filter") or None
         threshold = request.score_threshold if request.HasField("score_threshold") else None
+        version = request.model_version if request.HasField("model_version") else None
         found = await self._run(
             self.service.find,
             request.collection,
@@ -181,6 +182,7 @@ class SearchRpc(search_pb2_grpc.SearchServicer):
             top_k,
             where,
             threshold,
+            version,
         )
         response = search_pb2.SearchResponse(
             results=[

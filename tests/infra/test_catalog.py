@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient
 from infra.blobs import BlobStore
 from infra.catalog import Catalog, Janitor
 from infra.catalog_db import CatalogDB
-from infra.errors import InvalidInput, NotFound
+from infra.errors import InvalidInput, NotBuilt, NotFound
 from infra.vector_index import IndexPoint, VectorIndex
 from infra.vector_index.edge import EdgeIndex
 from infra.vector_index.server import ServerIndex
@@ -109,3 +109,29 @@ def test_a_bulk_page_is_written_only_with_every_target_versions_vectors(catalog:
         catalog.ingest_embedded("toys", ["0" * 64], [{}], {v: vectors_for([b"x"], v) for v in ("1", "2")})
     with pytest.raises(InvalidInput, match="not 2 rows of 8"):
         catalog.ingest_embedded("toys", keys, payloads, {"1": vectors_for(images[:1], "1")})
+
+
+def test_a_shadow_build_is_searched_by_its_version_kept_current_and_dropped(catalog: Catalog) -> None:
+    """A build left open (a shadow) answers searches by its version beside the live collection, receives new
+    ingests like any build, and goes when dropped; the live collection is untouched throughout."""
+    with pytest.raises(NotBuilt, match="no index of version 2: it is live on version 1 and no build is running"):
+        catalog.search("toys", lambda v: vectors_for([b"a"], v)[0], version="2")
+    build = catalog.start_build("toys", "2")
+    items, _ = catalog.items("toys", None, 100)
+    vecs = vectors_for([catalog.blobs.get(p.payload["blob"]) for p in items], "2")
+    points = [IndexPoint(p.id, v.tolist(), p.payload) for p, v in zip(items, vecs, strict=True)]
+    catalog.write_build("toys", build["physical"], points)
+    catalog.ingest("toys", [b"d"], [{"n": 4}], vectors_for)  # reaches both
+    live = catalog.search("toys", lambda v: vectors_for([b"d"], v)[0], top_k=1)
+    shadow = catalog.search("toys", lambda v: vectors_for([b"d"], v)[0], top_k=1, version="2")
+    assert (live[0].version, shadow[0].version) == ("1", "2") and live[0].id == shadow[0].id
+    assert shadow[0].score == pytest.approx(1.0, abs=1e-4) and shadow[0].payload == {"n": 4}
+    info, vector = catalog.vector_of("toys", shadow[0].id, "2")
+    assert info.physical == build["physical"] and np.allclose(vector, vectors_for([b"d"], "2")[0], atol=1e-6)
+    assert catalog.blob_of("toys", live[0].id) == catalog.blobs.put(b"d")
+    assert catalog.info_at("toys", None) == catalog.info("toys") == catalog.info_at("toys", "1")
+    assert catalog.drop_build("toys") == build["physical"] and not catalog.index.exists(build["physical"])
+    assert catalog.drop_build("toys") is None
+    with pytest.raises(NotBuilt, match="no index of version 2"):
+        catalog.vector_of("toys", live[0].id, "2")
+    assert catalog.count("toys") == 4 and catalog.info("toys").version == "1"

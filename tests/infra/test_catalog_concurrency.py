@@ -17,6 +17,7 @@ import pytest
 from infra.blobs import BlobStore
 from infra.catalog import Catalog
 from infra.catalog_db import CatalogDB
+from infra.catalog_migration import migrate_json
 from infra.errors import Conflict
 from infra.vector_index import IndexPoint, physical_name, point_id
 from infra.vector_index.edge import EdgeIndex
@@ -147,9 +148,9 @@ def test_the_file_catalog_of_an_earlier_release_is_migrated_once(tmp_path: Path)
     (folder / "collections.json").write_text(json.dumps({"toys": {**meta, "retired": {old: time.time() - 999}}}))
 
     catalog = Catalog(CatalogDB(f"sqlite:///{tmp_path / 'catalog.db'}"), index, blobs)
-    assert catalog.migrate_json(folder) == 1
+    assert migrate_json(catalog, folder) == 1
     assert not (folder / "collections.json").exists() and (folder / "collections.json.migrated").is_file()
-    assert catalog.migrate_json(folder) == 0
+    assert migrate_json(catalog, folder) == 0
     info = catalog.info("toys")
     assert (info.version, info.physical, catalog.count("toys")) == ("2", live, 1)
     hits = catalog.search("toys", lambda v: vectors_for([b"an image"], v)[0], top_k=1)

@@ -111,6 +111,17 @@ class TestVectorIndexContract:
                 break
         assert calls == 4 and len(seen) == 50 and set(seen) == {p.id for p in pts}
         assert seen == sorted(seen, key=lambda i: uuid.UUID(i).int)  # one ordered pass, no page re-reads
+        # ids only: the same pass, and which of some ids are there
+        ids, cursor, pages = [], None, 0
+        while True:
+            page_ids, cursor = index.id_page("c", cursor, 16)
+            ids, pages = ids + page_ids, pages + 1
+            if cursor is None:
+                break
+        assert ids == seen and pages == 4
+        absent = point_id("not stored")
+        assert sorted(index.present("c", [seen[3], absent, seen[7]])) == sorted([seen[3], seen[7]])
+        assert index.present("c", [absent]) == []
 
     def test_alias_switch_moves_readers_to_the_new_collection(self, index: VectorIndex) -> None:
         old, new = physical_name("photos", "clip", "1"), physical_name("photos", "clip", "2")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from infra.errors import Conflict, InvalidInput, NotFound
+from infra.errors import Conflict, InvalidInput, NotBuilt, NotFound
 from infra.images import encode_png
 from infra.process import ServiceProcess
 from infra.toyworld import Split, ToyWorld
@@ -96,6 +96,10 @@ def test_a_collection_over_grpc_from_create_to_delete(client: SearchGrpc) -> Non
     assert like[0].id == first.ids[7]
     only = client.search("shapes", text="a red circle", top_k=20, filter={"label": "a blue star"})
     assert only and {h.payload["label"] for h in only} == {"a blue star"}
+    pinned = client.search("shapes", text="a red circle", top_k=3, model_version="1")  # the live version
+    assert [h.id for h in pinned] == [h.id for h in hits["a red circle"]]
+    with pytest.raises(NotBuilt, match="no index of version 2.*shadow build"):  # FAILED_PRECONDITION
+        client.search("shapes", text="a red circle", model_version="2")
 
     assert client.delete_collection("shapes") == "shapes"
     with pytest.raises(NotFound):

@@ -21,11 +21,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import fsspec
 import numpy as np
@@ -37,12 +40,13 @@ from infra.images import decode_image
 from infra.uris import UriPolicy
 from infra.vector_index import point_id
 from workers.pipelines.reindex import pack
-from workers.pipelines.stages import StageClock
+from workers.pipelines.stages import StageClock, ahead
 
 log = logging.getLogger("vlmops.ingest")
 
 Progress = Callable[[int, str], None]
 MAX_ERRORS = 20  # rejected images named in the job's result (all are counted)
+T = TypeVar("T")
 MAX_RESENDS = 5  # times a page is sent again because a build started between embedding and writing
 
 
@@ -131,35 +135,74 @@ def put_blobs(root: str, blobs: Sequence[bytes]) -> None:
         store.put(data)
 
 
+class HelperProcess:
+    """One process for the file work of this worker's ingest jobs, started on first use and kept for the
+    next job (its start, an interpreter importing the readers, is otherwise a fixed cost of every job:
+    about half a second on 2 cores); started again if it died."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        with self._lock:
+            for attempt in (1, 2):
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                try:
+                    return self._pool.submit(fn, *args)
+                except BrokenProcessPool:  # the helper died (killed, out of memory): a new one
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+
+HELPER = HelperProcess()  # this worker process's helper, shared by its jobs (one at a time: -P solo)
+
+
 class FileWork:
     """The file work of a bulk ingest (reading the originals, hashing them, writing them to the blob store)
-    in a helper process of its own, so it shares no interpreter lock with the model's thread: on 2 cores,
-    the same work on threads of the worker took the model's decode, preprocess and forward from 2,570 to
-    1,360 images/s (Python's per-item work in the reader and writer held the lock the model's Python-side
-    preprocessing needs)."""
+    in a helper process (``helper``, default: this worker's :data:`HELPER`), so it shares no interpreter lock
+    with the model's thread: on 2 cores, the same work on threads of the worker took the model's decode,
+    preprocess and forward from 2,570 to 1,360 images/s (Python's per-item work in the reader and writer
+    held the lock the model's Python-side preprocessing needs)."""
 
-    def __init__(self, policy: UriPolicy, max_bytes: int, blob_root: str) -> None:
+    def __init__(self, policy: UriPolicy, max_bytes: int, blob_root: str, helper: HelperProcess | None = None) -> None:
         self.policy = policy
         self.max_bytes = max_bytes
         self.blob_root = blob_root
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.helper = helper or HELPER
+        self._queued: list[Future[Page]] = []
 
     def pages(self, uris: Iterable[str], page_size: int, depth: int) -> Iterator[Page]:
         """The pages of ``uris``, read in the helper, up to ``depth`` ahead of the consumer."""
         it = iter(uris)
-        queued: list[Future[Page]] = []
+        queued = self._queued
         while True:
             while len(queued) < depth + 1 and (chunk := list(islice(it, page_size))):
-                queued.append(self._pool.submit(read_page, chunk, self.policy, self.max_bytes))
+                queued.append(self.helper.submit(read_page, chunk, self.policy, self.max_bytes))
             if not queued:
                 return
             yield queued.pop(0).result()
 
     def put(self, blobs: Sequence[bytes]) -> None:
-        self._pool.submit(put_blobs, self.blob_root, list(blobs)).result()
+        self.helper.submit(put_blobs, self.blob_root, list(blobs)).result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """This job's reads still queued are cancelled and the running one waited for; the helper stays."""
+        queued = list(self._queued)
+        for future in queued:
+            future.cancel()
+        wait(queued)
+        self._queued.clear()
 
 
 def embed_page(
@@ -231,22 +274,35 @@ def run_ingest(
         while len(writes) > limit or (writes and writes[0].done()):
             count = writes.pop(0).result()  # a failed write fails the job here
 
+    def checked(pages: Iterator[Page]) -> Iterator[tuple[Page, dict[str, Any] | None]]:
+        """Each page with what the collection holds of it and the versions it needs now (asked on the
+        reader's side, so the question overlaps the embedding of the page before; a build that starts after
+        the answer is caught when the page is written)."""
+        for page in pages:
+            ids = [point_id(k) for k in page.keys]
+            yield page, search.post("/ingest/known", collection=collection, ids=ids) if ids else None
+
+    # the keys of the last pages sent: a page's known-items question can be answered before the pages just
+    # ahead of it are written (at most 2 x inflight + 1 of them), so a repeat across them is caught here
+    recent: deque[set[str]] = deque(maxlen=2 * inflight + 2)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as writer:
-        pipeline = files.pages(uris, page_size, inflight)
+        pipeline = ahead(checked(files.pages(uris, page_size, inflight)), inflight, "ingest-known")
         while True:
             with clock("wait for reader"):
-                page = next(pipeline, None)
-            if page is None:
+                step = next(pipeline, None)
+            if step is None:
                 break
+            page, out = step
             for uri, error in page.errors:
                 reject(uri, error)
             done += len(page.uris) + len(page.errors) + page.repeats
             skipped += page.repeats
-            if page.keys:
-                with clock("known"):
-                    out = search.post("/ingest/known", collection=collection, ids=[point_id(k) for k in page.keys])
+            if page.keys and out is not None:
                 known = set(out["known"])
-                new = [i for i, key in enumerate(page.keys) if point_id(key) not in known]
+                # pages this job sent that may not be written yet (the question was asked ahead of them)
+                sent = set().union(*recent)
+                new = [i for i, key in enumerate(page.keys) if point_id(key) not in known and key not in sent]
+                recent.append({page.keys[i] for i in new})
                 skipped += len(page.keys) - len(new)
                 with clock("embed"):
                     blobs, names = [page.blobs[i] for i in new], [page.uris[i] for i in new]

@@ -43,6 +43,7 @@ class ReindexResult:
     physical: str
     count: int
     dropped: list[str]
+    shadow: bool = False  # a shadow build: filled and kept beside the live collection, not swapped in
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,12 @@ def run_reindex(
     progress: Progress | None = None,
     inflight: int = 2,
     replace: bool = False,
+    swap: bool = True,
 ) -> ReindexResult:
     """``embed`` maps a page's image files to the vectors of ``version``; ``inflight`` pages may wait
     between two stages. ``replace``: a build of another version that no job drives any more is abandoned
-    first."""
+    first. ``swap=False``: a *shadow* build: the staging collection is filled and kept (new ingests go on
+    reaching it), searchable by version beside the live one, never swapped in by this job."""
     clock = StageClock()
     with clock("start"):
         build = search.post("/builds/start", collection=collection, version=version, replace=replace)
@@ -138,6 +141,11 @@ def run_reindex(
                 future.result()
     if progress is not None:
         progress(done, "embedding")
+    if not swap:
+        log.info("shadow build of %s by version %s: %d items; %s", collection, version, done, clock.summary())
+        if progress is not None:
+            progress(done, "shadow")
+        return ReindexResult(collection, version, physical, done, [], shadow=True)
     with clock("finish (completeness check, swap)"):
         out = search.post("/builds/finish", collection=collection, physical=physical, grace_s=grace_s)
     log.info("reindex %s to version %s: %d items; %s", collection, version, done, clock.summary())

@@ -119,7 +119,7 @@ class IngestResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "item_id", "top_k", "filter", "score_threshold")
+    __slots__ = ("collection", "text", "image", "item_id", "top_k", "filter", "score_threshold", "model_version")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -141,7 +142,8 @@ class SearchRequest(_message.Message):
     top_k: int
     filter: _containers.MessageMap[str, _common_pb2.Value]
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, _common_pb2.Value]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    model_version: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, _common_pb2.Value]] = ..., score_threshold: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("id", "score", "payload", "blob_uri", "model")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,141 +19,24 @@ import httpx
 import numpy as np
 import pytest
 
-from infra.auth import create_key
-from infra.images import encode_png, to_base64
+from infra.images import to_base64
 from infra.process import ServiceProcess
-from infra.toyworld import ToyWorld
 from registry.families.clip import ClipModel
 from registry.store import RegistryStore
 from tests.conftest import make_settings
-from tests.registry.test_hf_families import tiny
+from tests.services.security.helpers import (
+    BODIES,
+    IMAGES,
+    MATRIX,
+    MAX_BODY,
+    OPEN_ROUTES,
+    SCOPES,
+    SERVICES,
+    Stack,
+    lower,
+)
 
 pytestmark = pytest.mark.slow
-SERVICES = ("embedding", "captioning", "vqa", "grounding", "search")
-OPEN_ROUTES = {"/livez", "/readyz", "/healthz", "/metrics"}
-IMAGES = [encode_png(s.image) for s in ToyWorld().samples(4)]
-IMAGE = to_base64(IMAGES[0])
-
-# every API route of every service and the scope it needs (checked against the services' OpenAPI)
-SCOPES: dict[str, dict[str, str]] = {
-    "embedding": {"/embed_text": "read", "/embed_image": "read", "/classify": "read", "/models": "read"},
-    "captioning": {"/caption": "read", "/models": "read"},
-    "vqa": {"/answer": "read", "/models": "read"},
-    "grounding": {"/ground": "read", "/models": "read"},
-    "search": {
-        "/collections/list": "read",
-        "/search": "read",
-        "/collections/create": "write",
-        "/ingest": "write",
-        "/collections/delete": "admin",
-        "/builds/start": "admin",
-        "/builds/items": "admin",
-        "/builds/write": "admin",
-        "/builds/write_vectors": "admin",
-        "/builds/finish": "admin",
-        "/ingest/known": "admin",
-        "/ingest/vectors": "admin",
-    },
-}
-BODIES: dict[str, dict[str, Any]] = {
-    "/embed_text": {"items": [{"text": "a red circle"}]},
-    "/embed_image": {"items": [{"image": IMAGE}]},
-    "/classify": {"items": [{"image": IMAGE, "labels": ["a red circle", "a blue square"]}]},
-    "/caption": {"items": [{"image": IMAGE}]},
-    "/answer": {"items": [{"image": IMAGE, "question": "what colour is the star?"}]},
-    "/ground": {"items": [{"image": IMAGE, "queries": ["a red circle"], "threshold": 0.0}]},
-    "/models": {},
-    "/collections/list": {},
-    "/search": {"collection": "guarded", "text": "a red circle"},
-    "/collections/create": {"name": "guarded"},
-    "/ingest": {"collection": "guarded", "items": [{"image": IMAGE}]},
-    "/collections/delete": {"name": "guarded"},
-    "/builds/start": {"collection": "guarded", "version": "1"},
-    "/builds/items": {"collection": "guarded"},
-    "/builds/write": {"collection": "guarded", "physical": "x", "points": []},
-    "/builds/write_vectors": {"collection": "guarded", "physical": "x", "ids": [], "payloads": [], "vectors_b64": ""},
-    "/builds/finish": {"collection": "guarded", "physical": "x"},
-    "/ingest/known": {"collection": "guarded", "ids": []},
-    "/ingest/vectors": {"collection": "guarded", "blobs": [], "payloads": [], "vectors_b64": {}},
-}
-MAX_BODY = 3_000_000
-MATRIX = [(svc, route, scope) for svc, routes in SCOPES.items() for route, scope in routes.items()]
-
-
-@dataclass
-class Stack:
-    urls: dict[str, str]
-    keys: dict[str, str]  # scope → a key with exactly that scope
-    audit: Path
-    allowed: Path
-    secret: Path
-    logs: Path
-    grpc: dict[str, str] = field(default_factory=dict)  # service → its gRPC target
-
-    def post(self, service: str, route: str, body: dict[str, Any], key: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"authorization": f"Bearer {self.keys[key]}"} if key else {}
-        return httpx.post(f"{self.urls[service]}{route}", json=body, headers=headers, timeout=60, **kw)
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("secured")
-    store = RegistryStore.from_settings(make_settings(home))
-    models = {"vlmops-clip": ClipModel.from_pretrained("vlmops-toy-clip", seed=1)}
-    models |= {f"tiny-{f}": tiny(f, home / "build") for f in ("blip-caption", "blip-vqa", "owlvit")}
-    for name, model in models.items():
-        store.promote(name, store.register(name, model).version)
-    store.register("vlmops-clip", ClipModel.from_pretrained("vlmops-toy-clip", seed=2))  # version 2, to rebuild with
-    made = {scope: create_key(f"{scope}-client", [scope]) for scope in ("read", "write", "admin")}
-    search_key, search_entry = create_key("search-svc", ["read"])  # search → embedding, its own key
-    lines = "\n".join([e.line() for _, e in made.values()] + [search_entry.line()])
-    allowed, secret = home / "uploads", home / "secret"
-    allowed.mkdir()
-    secret.mkdir()
-    (allowed / "ok.png").write_bytes(IMAGES[1])
-    (secret / "private.png").write_bytes(IMAGES[2])
-    os.symlink(secret / "private.png", allowed / "escape.png")
-    audit = home / "audit.jsonl"
-    (home / "keys.txt").write_text(lines)
-    base = {
-        "VLMOPS_HOME": str(home),
-        "VLMOPS_AUTH__KEYS": lines,
-        "VLMOPS_AUTH__AUDIT_LOG": str(audit),
-        "VLMOPS_CAPTIONING__MODEL_NAME": "tiny-blip-caption",
-        "VLMOPS_VQA__MODEL_NAME": "tiny-blip-vqa",
-        "VLMOPS_GROUNDING__MODEL_NAME": "tiny-owlvit",
-        "VLMOPS_SEARCH__INGEST_URI_PREFIXES": json.dumps([str(allowed)]),
-        "VLMOPS_SEARCH__MAX_REQUEST_BYTES": str(MAX_BODY),
-        "VLMOPS_EMBEDDING__MAX_REQUEST_BYTES": str(MAX_BODY),
-    }
-    procs = {n: ServiceProcess(n, env=base, log_path=home / f"{n}.log") for n in SERVICES if n != "search"}
-    for proc in procs.values():
-        proc.launch()
-    try:
-        procs["embedding"].wait_ready()
-        search_env = base | {"VLMOPS_SEARCH__EMBEDDING_URL": procs["embedding"].url, "VLMOPS_AUTH__KEY": search_key}
-        procs["search"] = ServiceProcess("search", env=search_env, log_path=home / "search.log").start()
-        for proc in procs.values():
-            proc.wait_ready()
-        yield Stack(
-            {n: p.url for n, p in procs.items()},
-            {s: k for s, (k, _) in made.items()},
-            audit,
-            allowed,
-            secret,
-            home,
-            {n: p.grpc_target for n, p in procs.items()},
-        )
-    finally:
-        for proc in procs.values():
-            proc.stop()
-
-
-def lower(scope: str) -> str | None:
-    return {"read": None, "write": "read", "admin": "write"}[scope]
 
 
 def test_every_api_route_is_in_the_matrix(stack: Stack) -> None:
@@ -400,130 +282,3 @@ def test_a_search_service_with_a_refused_key_says_it_is_its_own_fault(stack: Sta
         resp = httpx.post(f"{svc.url}/search", json=body, headers=headers, timeout=60)
         assert resp.status_code == 500
     assert "refused this search service's key (VLMOPS_AUTH__KEY)" in (tmp_path / "search.log").read_text()
-
-
-# ---------------------------------------------------------------------------------------- gRPC
-# every RPC of every service and the scope it needs (checked against the protos' services)
-GRPC_SCOPES: dict[str, dict[str, str]] = {
-    "embedding": {m: "read" for m in ("EmbedText", "EmbedImage", "Classify", "EmbedTextStream", "EmbedImageStream")},
-    "captioning": {"Caption": "read"},
-    "vqa": {"Answer": "read"},
-    "grounding": {"Ground": "read"},
-    "search": {
-        "ListCollections": "read",
-        "Search": "read",
-        "CreateCollection": "write",
-        "Ingest": "write",
-        "IngestStream": "write",
-        "DeleteCollection": "admin",
-    },
-}
-GRPC_MATRIX = [(svc, m, scope) for svc, methods in GRPC_SCOPES.items() for m, scope in methods.items()]
-
-
-def grpc_service(service: str) -> Any:
-    from services.proto.vlmops.v1 import captioning_pb2, embedding_pb2, grounding_pb2, search_pb2, vqa_pb2
-
-    module = {"embedding": embedding_pb2, "captioning": captioning_pb2, "vqa": vqa_pb2}.get(service)
-    module = module or {"grounding": grounding_pb2, "search": search_pb2}[service]
-    return module.DESCRIPTOR.services_by_name[{"vqa": "VQA"}.get(service, service.capitalize())]
-
-
-def grpc_request(method: str) -> Any:
-    from services.proto.vlmops.v1 import captioning_pb2, embedding_pb2, grounding_pb2, search_pb2, vqa_pb2
-
-    image = IMAGES[0]
-    ingest = search_pb2.IngestRequest(collection="guarded-grpc", items=[search_pb2.IngestItem(image=image)])
-    return {
-        "EmbedText": embedding_pb2.EmbedTextRequest(items=[embedding_pb2.TextItem(text="a red circle")]),
-        "EmbedTextStream": embedding_pb2.EmbedTextRequest(items=[embedding_pb2.TextItem(text="a red circle")]),
-        "EmbedImage": embedding_pb2.EmbedImageRequest(items=[embedding_pb2.ImageItem(image=image)]),
-        "EmbedImageStream": embedding_pb2.EmbedImageRequest(items=[embedding_pb2.ImageItem(image=image)]),
-        "Classify": embedding_pb2.ClassifyRequest(items=[embedding_pb2.ClassifyItem(image=image, labels=["a", "b"])]),
-        "Caption": captioning_pb2.CaptionRequest(items=[captioning_pb2.CaptionItem(image=image)]),
-        "Answer": vqa_pb2.AnswerRequest(items=[vqa_pb2.QuestionItem(image=image, question="what colour?")]),
-        "Ground": grounding_pb2.GroundRequest(items=[grounding_pb2.GroundingItem(image=image, queries=["a star"])]),
-        "ListCollections": search_pb2.ListCollectionsRequest(),
-        "Search": search_pb2.SearchRequest(collection="guarded-grpc", text="a red circle"),
-        "CreateCollection": search_pb2.CreateCollectionRequest(name="guarded-grpc"),
-        "Ingest": ingest,
-        "IngestStream": ingest,
-        "DeleteCollection": search_pb2.DeleteCollectionRequest(name="guarded-grpc"),
-    }[method]
-
-
-def grpc_call(stack: Stack, service: str, method: str, key: str | None = None) -> Any:
-    """Call ``method`` through a channel made from its descriptor (any streaming kind); the status code."""
-    import grpc
-    from google.protobuf.message_factory import GetMessageClass
-
-    desc = grpc_service(service).methods_by_name[method]
-    path = f"/{desc.containing_service.full_name}/{method}"
-    metadata = [("authorization", f"Bearer {stack.keys.get(key, key)}")] if key else []
-    out = GetMessageClass(desc.output_type)
-    with grpc.insecure_channel(stack.grpc[service]) as channel:
-        kinds = {
-            (False, False): channel.unary_unary,
-            (False, True): channel.unary_stream,
-            (True, False): channel.stream_unary,
-            (True, True): channel.stream_stream,
-        }
-        call = kinds[(desc.client_streaming, desc.server_streaming)](
-            path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=out.FromString
-        )
-        request = grpc_request(method)
-        try:
-            answer = call(iter([request]) if desc.client_streaming else request, metadata=metadata, timeout=120)
-            if desc.server_streaming:
-                list(answer)
-        except grpc.RpcError as exc:
-            return exc.code(), exc.details()
-        return grpc.StatusCode.OK, ""
-
-
-def test_every_rpc_is_in_the_grpc_matrix() -> None:
-    for service, methods in GRPC_SCOPES.items():
-        assert set(grpc_service(service).methods_by_name) == set(methods), service
-
-
-@pytest.mark.parametrize(("service", "method", "scope"), GRPC_MATRIX, ids=[f"{s}.{m}" for s, m, _ in GRPC_MATRIX])
-def test_an_rpc_needs_a_known_key_with_its_scope(stack: Stack, service: str, method: str, scope: str) -> None:
-    import grpc
-
-    assert grpc_call(stack, service, method)[0] is grpc.StatusCode.UNAUTHENTICATED
-    forged = "vlmops_read-client_" + "0" * 48
-    code, message = grpc_call(stack, service, method, forged)
-    assert code is grpc.StatusCode.UNAUTHENTICATED and "0" * 48 not in message
-    weaker = lower(scope)
-    while weaker is not None:
-        code, message = grpc_call(stack, service, method, weaker)
-        assert code is grpc.StatusCode.PERMISSION_DENIED and f"'{scope}' scope" in message, (weaker, message)
-        weaker = lower(weaker)
-    code, message = grpc_call(stack, service, method, scope)
-    assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), message
-
-
-def test_grpc_answers_with_keys_and_mutations_are_audited(stack: Stack) -> None:
-    from services.client import EmbeddingGrpc, SearchGrpc
-
-    with EmbeddingGrpc(stack.grpc["embedding"], api_key=stack.keys["read"]) as emb:
-        vectors = emb.embed_text(["a red circle"]).vectors
-    assert abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-4
-    start = len(stack.audit_lines())
-    with (
-        SearchGrpc(stack.grpc["search"], api_key=stack.keys["write"]) as writer,
-        SearchGrpc(stack.grpc["search"], api_key=stack.keys["admin"]) as admin,
-    ):
-        writer.create_collection("audited-grpc")
-        assert writer.ingest_stream("audited-grpc", iter([(b, {"n": i}) for i, b in enumerate(IMAGES)])).count == 4
-        hits = writer.search("audited-grpc", text="a red circle", top_k=4)  # search → embedding with its own key
-        assert {h.payload["n"] for h in hits} == {0, 1, 2, 3}
-        assert admin.delete_collection("audited-grpc") == "audited-grpc"
-    trail = [(a["key"], a["operation"], a["target"], a["outcome"]) for a in stack.audit_lines()[start:]]
-    assert sorted(trail) == sorted(
-        [
-            ("write-client", "CreateCollection", "audited-grpc", "ok"),
-            ("write-client", "IngestStream", "audited-grpc", "ok"),
-            ("admin-client", "DeleteCollection", "audited-grpc", "ok"),
-        ]
-    )
