@@ -1,4 +1,4 @@
-"""Typed HTTP clients of the services (embedding, search), for the CLI, the workers, tests and benchmarks:
+"""Typed HTTP clients of the services (embedding, search, the task services), for the CLI, the workers, tests and benchmarks:
 in infra, so that the workers reach the services without importing ``services/``."""
 
 from __future__ import annotations
@@ -146,6 +146,25 @@ class EmbeddingClient(ServiceHTTP):
 
     def models(self) -> dict[str, Any]:
         return dict(self.post("/models", {}))
+
+
+class TaskClient(ServiceHTTP):
+    """The captioning, VQA and grounding services: one image (PNG/JPEG bytes) per item; each answer is the
+    service's JSON (with ``model`` and ``version``)."""
+
+    def caption(self, images: Sequence[bytes], **params: Any) -> list[dict[str, Any]]:
+        return list(self.post("/caption", {"items": [{"image": to_base64(im), **params} for im in images]}))
+
+    def answer(self, images: Sequence[bytes], questions: Sequence[str]) -> list[dict[str, Any]]:
+        items = [{"image": to_base64(im), "question": q} for im, q in zip(images, questions, strict=True)]
+        return list(self.post("/answer", {"items": items}))
+
+    def ground(
+        self, images: Sequence[bytes], queries: Sequence[Sequence[str]], threshold: float | None = None
+    ) -> list[dict[str, Any]]:
+        extra = {} if threshold is None else {"threshold": threshold}
+        items = [{"image": to_base64(im), "queries": list(q), **extra} for im, q in zip(images, queries, strict=True)]
+        return list(self.post("/ground", {"items": items}))
 
 
 class SearchClient:

@@ -248,6 +248,14 @@ class GateSettings(BaseModel):
         default_factory=lambda: ["t2i_r_precision", "i2t_recall@1"],
         description="metrics of `vlmops eval` the candidate must match (JSON list in the environment)",
     )
+    task_metrics: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "captioning": ["caption_word_acc"],
+            "vqa": ["vqa_acc"],
+            "grounding": ["grounding_recall_at_iou50"],
+        },
+        description="the metrics of captioning, VQA and grounding versions the candidate must match, per task",
+    )
     margin: float = Field(0.0, ge=0, description="how far below production a candidate may be and still pass")
     dataset: str | None = Field(None, description="held-out pairs both versions are scored on when no eval is stored")
     max_class_drop: float | None = Field(

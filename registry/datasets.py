@@ -265,11 +265,13 @@ def write_toy_dataset(
     n_objects: int | None = 1,
     append: bool = False,
     captions: bool = True,
+    tasks: bool = False,
 ) -> Path:
     """Toy-world pairs as PNG files plus a ``pairs.jsonl`` (caption and class label); returns the JSONL path.
 
     ``append`` adds to an existing ``pairs.jsonl`` (e.g. a mix of domains). ``captions=False`` writes
-    ``{image, label}`` rows only, as a curated collection has them (images with no label are left out)."""
+    ``{image, label}`` rows only, as a curated collection has them (images with no label are left out).
+    ``tasks`` adds each image's questions (``qa``) and labelled boxes (``objects``): a task dataset."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, s in enumerate(ToyWorld(seed=seed).samples(n, split, domain, n_objects=n_objects, start=start)):
@@ -277,9 +279,12 @@ def write_toy_dataset(
             continue
         name = f"{split}-{domain}-{start + i:06d}.png"
         (folder / name).write_bytes(encode_png(s.image))
-        record: dict[str, str] = {"image": name, "caption": s.caption} if captions else {"image": name}
+        record: dict[str, object] = {"image": name, "caption": s.caption} if captions else {"image": name}
         if len(s.objects) == 1:
             record["label"] = s.label
+        if tasks:
+            record["qa"] = [{"question": qa.question, "answer": qa.answer} for qa in s.qa]
+            record["objects"] = [{"label": o.label, "box": list(o.box)} for o in s.objects]
         lines.append(json.dumps(record))
     out = folder / "pairs.jsonl"
     with out.open("a" if append else "w") as fh:

@@ -26,6 +26,7 @@ from registry.datasets import PairDataset, load_pairs
 from registry.evaluation import DEFAULT_CLASS_KS, DEFAULT_KS, EvalReport, evaluate, plot, table
 from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
 from registry.store import PRODUCTION, RegistryEvent, RegistryStore, VersionInfo, mlflow_key
+from registry.task_quality import TASK_OF_FAMILY
 
 EVAL_TAG_PREFIX = "eval."
 EVAL_EXPERIMENT = "vlmops-eval"
@@ -102,6 +103,32 @@ def evaluate_versions(
         store.client.set_model_version_tag(info.name, info.version, eval_tag(data.content_hash), value)
     _log_eval_run(store, versions, data, reports)
     return reports
+
+
+def evaluate_task_versions(
+    store: RegistryStore, settings: Settings, versions: Sequence[VersionInfo], source: str
+) -> tuple[dict[str, EvalReport], str]:
+    """Score captioning, VQA or grounding versions on a task dataset (see ``registry.task_eval``); the figures
+    are stored as each version's ``eval.<hash>`` tag, as CLIP's are, for the gate. Returns them and the hash."""
+    from registry.task_eval import load_examples, score_model
+
+    examples, content_hash = load_examples(source)
+    device = resolve_device(settings.device)
+    reports: dict[str, EvalReport] = {}
+    for info in versions:
+        if info.family not in TASK_OF_FAMILY:
+            raise InvalidInput(f"{info.ref} is a {info.family or 'unknown'} model, not a captioning, VQA or grounding one")
+        figures = score_model(store.load(info, device), examples)  # type: ignore[arg-type]
+        report = EvalReport(info.ref, source, content_hash, len(examples), 0, figures)
+        reports[f"v{info.version}"] = report
+        store.client.set_model_version_tag(info.name, info.version, eval_tag(content_hash), _tag_value(report, source))
+    return reports, content_hash
+
+
+def gate_metrics(settings: Settings, family: str) -> list[str]:
+    """The metrics the gate compares for a model of ``family``: CLIP's, or its task's."""
+    task = TASK_OF_FAMILY.get(family)
+    return list(settings.gate.metrics if task is None else settings.gate.task_metrics[task])
 
 
 def comparison(reports: dict[str, EvalReport], only: Sequence[str] | None = None) -> ClassComparison | None:
@@ -270,6 +297,12 @@ def _common_eval(
 ) -> tuple[StoredEval, StoredEval, str]:
     """Both versions' figures on one dataset: the one named (scored now where not stored), or the
     latest dataset both were scored on by ``vlmops eval``."""
+    if dataset and cand.family in TASK_OF_FAMILY:
+        _, content_hash = evaluate_task_versions(store, settings, [cand, prod], dataset)
+        cand, prod = store.get(cand.name, cand.version), store.get(prod.name, prod.version)
+        c, p = stored_eval(cand, content_hash), stored_eval(prod, content_hash)
+        assert c is not None and p is not None
+        return c, p, content_hash
     if dataset:
         data = load_pairs(dataset, require_captions=False, lazy=True)
         missing = [v for v in (cand, prod) if stored_eval(v, data.content_hash) is None]
@@ -316,7 +349,7 @@ def gated_promote(
     record: dict[str, Any]
     try:
         c, p, dataset_hash = _common_eval(store, settings, cand, prod, dataset or gate.dataset)
-        passed, rows = check(c.metrics, p.metrics, gate.metrics, gate.margin)
+        passed, rows = check(c.metrics, p.metrics, gate_metrics(settings, cand.family), gate.margin)
         failures: tuple[ClassGateRow, ...] = ()
         n_classes = 0
         if gate.max_class_drop is not None:

@@ -30,19 +30,37 @@ def main(verbose: bool) -> None:
 
 
 @main.command("train-toy")
+@click.option(
+    "--task",
+    type=click.Choice(["clip", "captioning", "vqa", "grounding"]),
+    default="clip",
+    show_default=True,
+    help="the toy CLIP, or a task model started from it (GIT captioner, BLIP-VQA, OWL-ViT grounder)",
+)
 @click.option("--register/--no-register", default=True, help="register the result in the model registry")
 @click.option("--promote", is_flag=True, help="promote the registered version to production")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="train again even when a trained toy model is cached")
-def train_toy(register: bool, promote: bool, seed: int, force: bool) -> None:
-    """Train the tiny toy CLIP on the toy world (about 2 minutes on 2 cores)."""
+def train_toy(task: str, register: bool, promote: bool, seed: int, force: bool) -> None:
+    """Train a tiny model on the toy world (2–3 minutes each on 2 cores; cached under VLMOPS_HOME)."""
     from services.demo import ensure_toy_clip, register_toy
 
     settings = _settings()
-    model, metrics = ensure_toy_clip(settings, seed=seed, force=force)
-    click.echo(json.dumps(metrics, indent=2))
+    clip, metrics = ensure_toy_clip(settings, seed=seed, force=force and task == "clip")
+    if task == "clip":
+        click.echo(json.dumps(metrics, indent=2))
+        if register:
+            info = register_toy(settings, clip, metrics, seed=seed, promote=promote)
+            click.echo(f"registered {info.name} version {info.version}{' (production)' if promote else ''}")
+        return
+    from registry.toy_tasks import ensure_toy_task, register_toy_task
+    from services.demo_tasks import progress_bar, toy_clip_ref
+
+    with progress_bar(f"training toy {task} model") as progress:
+        model, figures = ensure_toy_task(settings, task, clip, seed=seed, force=force, progress=progress)
+    click.echo(json.dumps(figures, indent=2))
     if register:
-        info = register_toy(settings, model, metrics, seed=seed, promote=promote)
+        info = register_toy_task(settings, task, model, figures, seed, promote, toy_clip_ref(settings, seed))
         click.echo(f"registered {info.name} version {info.version}{' (production)' if promote else ''}")
 
 

@@ -41,12 +41,13 @@ def datasets_validate(source: str) -> None:
 @click.option("--domain", type=click.Choice(["plain", "shifted"]), default="plain", show_default=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def datasets_toy(folder: Path, n: int, domain: str, split: str, seed: int) -> None:
+@click.option("--tasks", is_flag=True, help="1–3 objects per image, with questions and boxes (task models' eval)")
+def datasets_toy(folder: Path, n: int, domain: str, split: str, seed: int, tasks: bool) -> None:
     """Write N toy-world image–caption pairs (PNG files + pairs.jsonl) into FOLDER."""
     from infra.toyworld import Domain, Split
     from registry.datasets import write_toy_dataset
 
-    out = write_toy_dataset(folder, n, Domain(domain), Split(split), seed)
+    out = write_toy_dataset(folder, n, Domain(domain), Split(split), seed, n_objects=None if tasks else 1, tasks=tasks)
     click.echo(str(out))
 
 
@@ -154,13 +155,16 @@ def eval_cmd(
 ) -> None:
     """Score VERSION (and the version it is compared with) on one held-out set; logged to MLflow.
 
-    Caption retrieval (t2i/i2t at 1, 5, 10 and every --k), class queries over every image (Recall@K,
+    Captioning, VQA and grounding versions: caption word accuracy, VQA accuracy per kind of question,
+    grounding recall at IoU 0.5, on a task dataset (`vlmops datasets toy --tasks` writes one). CLIP versions:
+    caption retrieval (t2i/i2t at 1, 5, 10 and every --k), class queries over every image (Recall@K,
     Precision@K, R-Precision per class, macro and micro) and zero-shot accuracy."""
     from infra.errors import NotFound
     from registry.datasets import load_pairs
     from registry.evaluation import DEFAULT_CLASS_KS, DEFAULT_KS, table
     from registry.families.clip import DEFAULT_TEMPLATES
-    from registry.gate import comparison, evaluate_versions
+    from registry.gate import comparison, evaluate_task_versions, evaluate_versions
+    from registry.task_quality import TASK_OF_FAMILY
     from registry.store import RegistryStore
 
     settings = Settings()
@@ -172,6 +176,12 @@ def eval_cmd(
             versions.append(other)
     except NotFound:
         click.echo(f"({name} has no {against!r} version to compare with)")
+    if versions[0].family in TASK_OF_FAMILY:  # a captioning, VQA or grounding version: its task's figures
+        reports, _ = evaluate_task_versions(store, settings, versions, dataset)
+        click.echo(table(reports))
+        if json_out:
+            json_out.write_text(json.dumps({k: json.loads(r.to_json()) for k, r in reports.items()}, indent=2))
+        return
     data = load_pairs(dataset, require_captions=False, lazy=True)
     class_ks = ks or DEFAULT_CLASS_KS
     reports = evaluate_versions(

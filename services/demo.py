@@ -29,7 +29,9 @@ from registry.finetune import FinetuneConfig
 from registry.gate import comparison, evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.toy_clip import ToyTrainConfig, train_toy_clip
+from registry.task_quality import failed_acceptance
 from services.client import EmbeddingGrpc
+from services.demo_tasks import task_demo
 from workers.app import make_app
 from workers.follow import follow, follow_reindexes
 
@@ -161,12 +163,15 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
                 )
                 with WorkerProcess(env=worker_env, log_path=settings.home.resolve() / "demo-worker.log"):
                     gain = finetune_demo(jobs, SearchClient(search.url, api_key=settings.auth.key), seed)
+    click.echo("\ncaptioning, VQA and grounding: the toy task models, through their services")
+    figures = task_demo(settings, env, settings.home.resolve(), seed)
+    tasks_ok = not failed_acceptance(figures)
     click.echo(f"\nservices stopped; demo took {time.perf_counter() - t0:.0f} s")
     click.echo(
         "to look at the results in a browser: `.venv/bin/vlmops up`, then open http://127.0.0.1:3005/explorer/ "
         "(collections demo-toys and the rest of this demo)"
     )
-    return 0 if acc >= 0.9 and p_at_10 >= 0.9 and gain >= 0.1 else 1
+    return 0 if acc >= 0.9 and p_at_10 >= 0.9 and gain >= 0.1 and tasks_ok else 1
 
 
 DEMO_FINETUNE = FinetuneConfig(epochs=16, batch_size=64, lr=5e-3, lora_r=8, checkpoint_every=50)

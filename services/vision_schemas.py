@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from infra.errors import InvalidInput
 from infra.settings import CaptioningSettings, GroundingSettings, VQASettings
+from registry.families.grounding import DEFAULT_THRESHOLD
 from services.edge import validating
 from services.items import RequestHooks, build_base_items, clean_text
 
@@ -78,7 +79,7 @@ def grounding_item(limits: GroundingSettings, hooks: Callable[[], RequestHooks |
 
     class GroundingItem(base.ImageItem):  # type: ignore[name-defined,misc]
         queries: list[str] = Field(min_length=1, max_length=limits.max_queries, description="what to find")
-        threshold: float = Field(0.1, ge=0.0, le=1.0, description="lowest score kept")
+        threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="lowest score kept")
         nms_iou: float = Field(
             0.3,
             gt=0.0,

@@ -11,6 +11,8 @@ from torchvision.ops import batched_nms
 
 from registry.families.hf import HFModel
 
+DEFAULT_THRESHOLD = 0.1  # the services' default: lowest score a detection is kept with
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -27,7 +29,7 @@ class Grounder(HFModel):
         self,
         images: Sequence[Image.Image],
         queries: Sequence[Sequence[str]],
-        threshold: float = 0.1,
+        threshold: float = DEFAULT_THRESHOLD,
         nms_iou: float = 0.3,
     ) -> list[list[Detection]]:
         """Per image: boxes matching its queries, score ≥ threshold, per-query NMS, sorted by score."""

@@ -1,0 +1,148 @@
+"""Tiny task models trained on the toy world (``vlmops train-toy --task ...``): a GIT captioner, a BLIP-VQA
+and an OWL-ViT grounder, each starting from the trained toy CLIP, cached under ``VLMOPS_HOME`` and
+registered with lineage tags and their held-out figures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from infra.errors import ModelFormatError, NotFound
+from infra.settings import Settings
+from infra.toyworld import ToyWorld
+from registry.families import load_model
+from registry.families.clip import ClipModel
+from registry.families.hf import HFModel
+from registry.store import PRODUCTION, RegistryStore, VersionInfo
+from registry.toy_tasks.common import Progress, TaskTrainConfig
+
+log = logging.getLogger(__name__)
+
+TASKS = ("captioning", "vqa", "grounding")
+METRICS_FILE = "metrics.json"
+
+Trainer = Callable[[ClipModel, TaskTrainConfig, Progress | None], tuple[HFModel, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class ToyTask:
+    task: str
+    family: str
+    config: TaskTrainConfig
+    trainer: Trainer
+
+    def dataset_hash(self, seed: int) -> str:
+        spec = {"world": asdict(ToyWorld(seed=seed)), "task": self.task, "train": asdict(self.config)}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def toy_task(task: str) -> ToyTask:
+    match task:
+        case "captioning":
+            from registry.toy_tasks import captioning as m
+
+            return ToyTask(task, "git-caption", m.CONFIG, m.train_captioner)
+        case "vqa":
+            from registry.toy_tasks import vqa as v
+
+            return ToyTask(task, "blip-vqa", v.CONFIG, v.train_vqa)
+        case "grounding":
+            from registry.toy_tasks import grounding as g
+
+            return ToyTask(task, "owlvit", g.CONFIG, g.train_grounder)
+        case _:
+            raise ValueError(f"unknown toy task {task!r} (known: {', '.join(TASKS)})")
+
+
+def cache_dir(settings: Settings, task: str, seed: int) -> Path:
+    return settings.ensure_home() / f"toy-{task}-seed{seed}"
+
+
+def ensure_toy_task(
+    settings: Settings,
+    task: str,
+    clip: ClipModel,
+    seed: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> tuple[HFModel, dict[str, float]]:
+    """The trained toy model of ``task``: from the cache under VLMOPS_HOME, or trained now (and cached) with
+    its held-out figures."""
+    from registry.task_eval import toy_figures
+
+    spec = toy_task(task)
+    cache = cache_dir(settings, task, seed)
+    if not force and (cache / METRICS_FILE).is_file():
+        try:
+            model = load_model(cache)
+            if isinstance(model, HFModel):
+                return model, json.loads((cache / METRICS_FILE).read_text())
+        except (ModelFormatError, OSError, ValueError):
+            log.warning("the cached toy %s model in %s is unreadable: training again", task, cache)
+    model, metrics = spec.trainer(clip, replace(spec.config, seed=seed), progress)
+    metrics |= toy_figures(model, seed=seed)
+    model.save(cache)
+    (cache / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return model, metrics
+
+
+def model_name(settings: Settings, task: str) -> str:
+    return str(getattr(settings, task).model_name)
+
+
+def register_toy_task(
+    settings: Settings,
+    task: str,
+    model: HFModel,
+    metrics: dict[str, float],
+    seed: int = 0,
+    promote: bool = False,
+    init_from: str = "the toy CLIP",
+) -> VersionInfo:
+    """Register a toy task model under the task's model name, with its lineage and figures."""
+    store = RegistryStore.from_settings(settings)
+    spec = toy_task(task)
+    info = store.register(
+        model_name(settings, task),
+        model,
+        tags={
+            "dataset_hash": spec.dataset_hash(seed),
+            "base_version": "none",
+            "init_from": init_from,
+            "task": task,
+            "source": f"vlmops train-toy --task {task}",
+        },
+        metrics=metrics,
+        description=f"tiny {spec.family} trained on the toy world ({task})",
+    )
+    if promote:
+        store.promote(info.name, info.version, reason=f"toy {task} model registered by vlmops")
+    return store.get(info.name, info.version)
+
+
+def ensure_task_production(
+    settings: Settings, task: str, clip: Callable[[], tuple[ClipModel, str]], seed: int = 0
+) -> VersionInfo:
+    """Production of the task's model is the toy model: kept if it is, else an earlier toy version is promoted
+    again, else it is trained (or read from the cache) and registered. ``clip`` gives the toy CLIP and a
+    description of it, only when training is needed."""
+    store = RegistryStore.from_settings(settings)
+    name = model_name(settings, task)
+    toy_hash = toy_task(task).dataset_hash(seed)
+    try:
+        current = store.by_alias(name, PRODUCTION)
+        if current.tags.get("dataset_hash") == toy_hash:
+            return current
+    except NotFound:
+        pass
+    earlier = [v for v in store.versions(name) if v.tags.get("dataset_hash") == toy_hash]
+    if earlier:
+        store.promote(name, earlier[0].version, reason=f"the toy {task} model")
+        return store.by_alias(name, PRODUCTION)
+    base, described = clip()
+    model, metrics = ensure_toy_task(settings, task, base, seed)
+    return register_toy_task(settings, task, model, metrics, seed, promote=True, init_from=described)

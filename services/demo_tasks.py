@@ -1,0 +1,122 @@
+"""The task models in ``vlmops demo``: train (first run) or load the toy captioner, VQA model and grounder,
+start the three services as real processes, and show what they say about a few toy images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from infra.clients import TaskClient
+from infra.images import encode_png
+from infra.process import ServiceProcess
+from infra.settings import Settings
+from infra.toyworld import Domain
+from registry import task_quality as Q
+from registry.families.clip import ClipModel
+from registry.families.grounding import DEFAULT_THRESHOLD
+from registry.store import RegistryStore, VersionInfo
+from registry.toy_tasks import TASKS, ensure_task_production
+from registry.toy_tasks.common import Progress
+
+SERVICES = {"captioning": "/caption", "vqa": "/answer", "grounding": "/ground"}
+
+
+@contextmanager
+def progress_bar(desc: str) -> Iterator[Progress]:
+    bar = tqdm(desc=desc, unit="step", mininterval=1.0)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
+def toy_clip_ref(settings: Settings, seed: int = 0) -> str:
+    """The registered toy CLIP version a task model starts from (or its dataset hash, when not registered)."""
+    from registry.toy_clip import ToyTrainConfig
+    from services.demo import toy_dataset_hash
+
+    toy_hash = toy_dataset_hash(ToyTrainConfig(seed=seed))
+    store = RegistryStore.from_settings(settings)
+    for info in store.versions(settings.embedding.model_name):
+        if info.tags.get("dataset_hash") == toy_hash:
+            return f"{info.ref} (toy CLIP, dataset {toy_hash})"
+    return f"toy CLIP (dataset {toy_hash})"
+
+
+def ensure_task_models(settings: Settings, seed: int = 0) -> dict[str, VersionInfo]:
+    """Production of each task's model is its toy model (trained on first use, about 2–3 minutes each)."""
+    from services.demo import ensure_toy_clip
+
+    def clip() -> tuple[ClipModel, str]:
+        return ensure_toy_clip(settings, seed)[0], toy_clip_ref(settings, seed)
+
+    return {task: ensure_task_production(settings, task, clip, seed) for task in TASKS}
+
+
+def _iou_of_label(client: TaskClient, example: Q.Example) -> tuple[str, float]:
+    label, box = example.objects[0]
+    (out,) = client.ground([encode_png(example.image)], [[label]], threshold=0.0)
+    (best,) = Q.best_per_query([label], out["detections"])
+    return label, Q.iou(best.box, box) if best.box is not None else 0.0
+
+
+def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int = 0) -> dict[str, float]:
+    """Start the three services, print a table of a few toy images and the held-out figures; returns them."""
+    versions = ensure_task_models(settings, seed)
+    for task, info in versions.items():
+        click.echo(f"registry: {info.name} version {info.version} is production ({info.family}, {task})")
+    click.echo("starting the captioning, VQA and grounding services (bentoml serve) ...")
+    with ExitStack() as stack:
+        clients = {}
+        for task in TASKS:
+            svc = stack.enter_context(ServiceProcess(task, env=env, log_path=log_dir / f"demo-{task}.log"))
+            clients[task] = stack.enter_context(_closing(TaskClient(svc.url, api_key=settings.auth.key)))
+        examples = Q.held_out(2, 1, seed=seed) + Q.held_out(2, None, seed=seed)
+        captions = Q.service_caption(clients["captioning"])([e.image for e in examples])
+        click.echo(f"\n{'true caption':<48} {'generated caption':<48} {'question':<30} {'answer':<14} grounding")
+        for example, caption in zip(examples, captions, strict=True):
+            qa = example.qa[1] if len(example.qa) > 1 else example.qa[0]
+            (answer,) = Q.service_answer(clients["vqa"])([example.image], [qa.question])
+            label, iou = _iou_of_label(clients["grounding"], example)
+            click.echo(
+                f"{example.caption:<48} {caption:<48} {qa.question:<30} {answer + ' (' + qa.answer + ')':<14} "
+                f"{label!r} IoU {iou:.2f}"
+            )
+        figures = held_out_figures(clients, n=100, seed=seed)
+    click.echo("\nheld-out toy images, through the services (plain domain; shifted in brackets):")
+    for key in sorted(k for k in figures if not k.endswith("_shifted")):
+        shifted = figures.get(f"{key}_shifted")
+        click.echo(f"  {key:<40} {figures[key]:.3f}" + (f"  ({shifted:.3f})" if shifted is not None else ""))
+    return figures
+
+
+@contextmanager
+def _closing(client: TaskClient) -> Iterator[TaskClient]:
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def held_out_figures(clients: dict[str, TaskClient], n: int = 200, seed: int = 0) -> dict[str, float]:
+    """The acceptance figures through running services: per set (single, multi) and domain."""
+    out: dict[str, float] = {}
+    for domain in Domain:
+        for name, n_objects in (("single", 1), ("multi", None)):
+            suffix = name if domain is Domain.PLAIN else f"{name}_shifted"
+            examples = Q.held_out(n, n_objects, domain, seed)
+            figures = Q.score_captions(Q.service_caption(clients["captioning"]), examples)
+            figures |= Q.score_answers(Q.service_answer(clients["vqa"]), examples)
+            figures |= Q.score_grounding(Q.service_ground(clients["grounding"]), examples, DEFAULT_THRESHOLD)
+            out |= {f"{k}_{suffix}": v for k, v in figures.items()}
+    return out
