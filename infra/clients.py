@@ -1,5 +1,5 @@
-"""Typed HTTP clients of the services (embedding, search, the task services), for the CLI, the workers, tests and benchmarks:
-in infra, so that the workers reach the services without importing ``services/``."""
+"""Typed HTTP clients of the services (embedding, search, captioning, VQA, grounding), for the CLI, the
+workers, tests and benchmarks: in infra, so that the workers reach the services without importing ``services/``."""
 
 from __future__ import annotations
 

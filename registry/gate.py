@@ -117,7 +117,8 @@ def evaluate_task_versions(
     reports: dict[str, EvalReport] = {}
     for info in versions:
         if info.family not in TASK_OF_FAMILY:
-            raise InvalidInput(f"{info.ref} is a {info.family or 'unknown'} model, not a captioning, VQA or grounding one")
+            kind = info.family or "unknown"
+            raise InvalidInput(f"{info.ref} is a {kind} model, not a captioning, VQA or grounding one")
         figures = score_model(store.load(info, device), examples)  # type: ignore[arg-type]
         report = EvalReport(info.ref, source, content_hash, len(examples), 0, figures)
         reports[f"v{info.version}"] = report

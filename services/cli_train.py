@@ -164,8 +164,8 @@ def eval_cmd(
     from registry.evaluation import DEFAULT_CLASS_KS, DEFAULT_KS, table
     from registry.families.clip import DEFAULT_TEMPLATES
     from registry.gate import comparison, evaluate_task_versions, evaluate_versions
-    from registry.task_quality import TASK_OF_FAMILY
     from registry.store import RegistryStore
+    from registry.task_quality import TASK_OF_FAMILY
 
     settings = Settings()
     store = RegistryStore.from_settings(settings)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from infra.clients import EmbeddingClient, SearchClient
 from infra.errors import ModelFormatError, NotFound
 from infra.images import encode_png, to_base64
+from infra.locks import file_lock
 from infra.process import ServiceProcess, WorkerProcess
 from infra.settings import Settings
 from infra.toyworld import Domain, Split, ToyWorld, class_labels
@@ -28,8 +29,8 @@ from registry.families.clip import ClipModel
 from registry.finetune import FinetuneConfig
 from registry.gate import comparison, evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
-from registry.toy_clip import ToyTrainConfig, train_toy_clip
 from registry.task_quality import failed_acceptance
+from registry.toy_clip import ToyTrainConfig, train_toy_clip
 from services.client import EmbeddingGrpc
 from services.demo_tasks import task_demo
 from workers.app import make_app
@@ -46,6 +47,11 @@ def toy_dataset_hash(config: ToyTrainConfig) -> str:
 def ensure_toy_clip(settings: Settings, seed: int = 0, force: bool = False) -> tuple[ClipModel, dict[str, float]]:
     """The trained toy CLIP, from the cache under VLMOPS_HOME or trained now (and cached)."""
     cache = settings.ensure_home() / f"toy-clip-seed{seed}"
+    with file_lock(cache.with_suffix(".lock")):
+        return _toy_clip(cache, seed, force)
+
+
+def _toy_clip(cache: Path, seed: int, force: bool) -> tuple[ClipModel, dict[str, float]]:
     if not force and (cache / METRICS_FILE).is_file():
         try:
             return ClipModel.load(cache), json.loads((cache / METRICS_FILE).read_text())

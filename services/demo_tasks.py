@@ -120,3 +120,20 @@ def held_out_figures(clients: dict[str, TaskClient], n: int = 200, seed: int = 0
             figures |= Q.score_grounding(Q.service_ground(clients["grounding"]), examples, DEFAULT_THRESHOLD)
             out |= {f"{k}_{suffix}": v for k, v in figures.items()}
     return out
+
+
+def prepare(home: Path, seed: int = 0) -> None:
+    """Train (or find cached) the toy CLIP and the three toy task models under ``home``; nothing is registered."""
+    from registry.toy_tasks import ensure_toy_task
+    from services.demo import ensure_toy_clip
+
+    settings = Settings(home=home)
+    clip, _ = ensure_toy_clip(settings, seed)
+    for task in TASKS:
+        ensure_toy_task(settings, task, clip, seed)
+
+
+if __name__ == "__main__":  # python -m services.demo_tasks HOME: what the test session starts in the background
+    import sys
+
+    prepare(Path(sys.argv[1]))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 
 from infra.settings import Settings
 from registry.families.clip import ClipModel
+from registry.families.hf import HFModel
 from registry.store import RegistryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +29,45 @@ def toy_clip() -> tuple[ClipModel, dict[str, float]]:
     from services.demo import ensure_toy_clip
 
     return ensure_toy_clip(Settings(home=REPO / ".vlmops"))
+
+
+@pytest.fixture(scope="session")
+def toy_tasks(toy_clip: tuple[ClipModel, dict[str, float]]) -> dict[str, tuple[HFModel, dict[str, float]]]:
+    """The three toy task models (captioning, VQA, grounding) with their held-out figures: from the cache, or
+    from the background training this session started (waited for), or trained now."""
+    from registry.toy_tasks import TASKS, ensure_toy_task
+
+    return {task: ensure_toy_task(Settings(home=REPO / ".vlmops"), task, toy_clip[0]) for task in TASKS}
+
+
+_PREPARE: subprocess.Popen[bytes] | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Train the toy models in a background process (at low priority) while the first tests run: the toy CLIP
+    first, then the task models; the fixtures above wait for what they need (a file lock per model)."""
+    global _PREPARE
+    from registry.toy_tasks import TASKS
+
+    home = REPO / ".vlmops"
+    wanted = ["toy-clip-seed0", *(f"toy-{t}-seed0" for t in TASKS)]
+    if os.environ.get("VLMOPS_TEST_PREPARE", "1") == "0" or all((home / w / "metrics.json").is_file() for w in wanted):
+        return
+    home.mkdir(exist_ok=True)
+    log = (home / "prepare.log").open("ab")
+    _PREPARE = subprocess.Popen(
+        [sys.executable, "-m", "services.demo_tasks", str(home)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.nice(10),
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _PREPARE is not None and _PREPARE.poll() is None:
+        _PREPARE.terminate()
+        _PREPARE.wait(30)
 
 
 @pytest.fixture()

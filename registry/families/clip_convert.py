@@ -74,7 +74,12 @@ def _blocks(src: Tensors, prefix: str, dst: str, n_layers: int, fused_qkv: bool)
                 out[f"{d}self_attn.{name}.weight"], out[f"{d}self_attn.{name}.bias"] = w, b
             out[f"{d}self_attn.out_proj.weight"] = src[f"{s}attn.out_proj.weight"]
             out[f"{d}self_attn.out_proj.bias"] = src[f"{s}attn.out_proj.bias"]
-        for a, b in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+        for a, b in (
+            ("ln_1", "layer_norm1"),
+            ("ln_2", "layer_norm2"),
+            ("mlp.c_fc", "mlp.fc1"),
+            ("mlp.c_proj", "mlp.fc2"),
+        ):
             out[f"{d}{b}.weight"], out[f"{d}{b}.bias"] = src[f"{s}{a}.weight"], src[f"{s}{a}.bias"]
     return out
 
@@ -116,19 +121,34 @@ def vision_state(
     return out | _blocks(src, "", dst, len(clip.visual.transformer.resblocks), fused_qkv=False)
 
 
-def blip_vision_state(clip: open_clip.CLIP, dst: str = "vision_model.", image_size: int | None = None) -> Tensors:
-    """The same tower in BLIP's layout: fused qkv, a patch bias (zero) and no pre-norm (dropped)."""
-    src = _visual(clip, image_size)
-    conv = src["conv1.weight"]
+def to_blip_layout(state: Tensors, dst: str = "vision_model.") -> Tensors:
+    """A CLIP-layout vision tower's weights (:func:`vision_state`, or a trained OWL-ViT's or GIT's tower) in
+    BLIP's layout: q, k and v fused, a patch bias (zero), and no pre-norm (it is dropped)."""
+    conv = state["embeddings.patch_embedding.weight"]
     out = {
-        f"{dst}embeddings.class_embedding": src["class_embedding"][None, None],
+        f"{dst}embeddings.class_embedding": state["embeddings.class_embedding"].reshape(1, 1, -1),
         f"{dst}embeddings.patch_embedding.weight": conv,
         f"{dst}embeddings.patch_embedding.bias": torch.zeros(conv.shape[0]),
-        f"{dst}embeddings.position_embedding": src["positional_embedding"][None],
-        f"{dst}post_layernorm.weight": src["ln_post.weight"],
-        f"{dst}post_layernorm.bias": src["ln_post.bias"],
+        f"{dst}embeddings.position_embedding": state["embeddings.position_embedding.weight"][None],
+        f"{dst}post_layernorm.weight": state["post_layernorm.weight"],
+        f"{dst}post_layernorm.bias": state["post_layernorm.bias"],
     }
-    return out | _blocks(src, "", dst, len(clip.visual.transformer.resblocks), fused_qkv=True)
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        s, d = f"encoder.layers.{i}.", f"{dst}encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{d}self_attn.qkv.{kind}"] = torch.cat([state[f"{s}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+            out[f"{d}self_attn.projection.{kind}"] = state[f"{s}self_attn.out_proj.{kind}"]
+            for name in ("layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2"):
+                out[f"{d}{name}.{kind}"] = state[f"{s}{name}.{kind}"]
+    return out
+
+
+def tower_state(vision_model: torch.nn.Module) -> Tensors:
+    """A transformers CLIP-style vision transformer's own weights, named as :func:`vision_state` names them."""
+    return {
+        k.replace("pre_layernorm", "pre_layrnorm"): v.detach().clone() for k, v in vision_model.state_dict().items()
+    }
 
 
 def text_state(clip: open_clip.CLIP, dst: str = "") -> Tensors:

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from infra.errors import ModelFormatError, NotFound
+from infra.locks import file_lock
 from infra.settings import Settings
 from infra.toyworld import ToyWorld
-from registry.families import load_model
+from registry.families import clip_convert, load_model
 from registry.families.clip import ClipModel
+from registry.families.clip_convert import Tensors
 from registry.families.hf import HFModel
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.toy_tasks.common import Progress, TaskTrainConfig
@@ -23,20 +25,27 @@ from registry.toy_tasks.common import Progress, TaskTrainConfig
 log = logging.getLogger(__name__)
 
 TASKS = ("captioning", "vqa", "grounding")
+VISION_TOWER = {"grounding": "owlvit.vision_model"}
 METRICS_FILE = "metrics.json"
 
-Trainer = Callable[[ClipModel, TaskTrainConfig, Progress | None], tuple[HFModel, dict[str, float]]]
+Trainer = Callable[[ClipModel, TaskTrainConfig, Progress | None, Tensors | None], tuple[HFModel, dict[str, float]]]
 
 
 @dataclass(frozen=True)
 class ToyTask:
+    """``init``: where the vision tower comes from, the toy CLIP (``clip``) or the toy grounder
+    (``grounding``), whose tower learnt from boxes what each patch shows."""
+
     task: str
     family: str
     config: TaskTrainConfig
     trainer: Trainer
+    init: str = "clip"
 
     def dataset_hash(self, seed: int) -> str:
         spec = {"world": asdict(ToyWorld(seed=seed)), "task": self.task, "train": asdict(self.config)}
+        if self.init != "clip":
+            spec["init"] = toy_task(self.init).dataset_hash(seed)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -45,11 +54,11 @@ def toy_task(task: str) -> ToyTask:
         case "captioning":
             from registry.toy_tasks import captioning as m
 
-            return ToyTask(task, "git-caption", m.CONFIG, m.train_captioner)
+            return ToyTask(task, "git-caption", m.CONFIG, m.train_captioner, m.INIT)
         case "vqa":
             from registry.toy_tasks import vqa as v
 
-            return ToyTask(task, "blip-vqa", v.CONFIG, v.train_vqa)
+            return ToyTask(task, "blip-vqa", v.CONFIG, v.train_vqa, v.INIT)
         case "grounding":
             from registry.toy_tasks import grounding as g
 
@@ -71,11 +80,29 @@ def ensure_toy_task(
     progress: Progress | None = None,
 ) -> tuple[HFModel, dict[str, float]]:
     """The trained toy model of ``task``: from the cache under VLMOPS_HOME, or trained now (and cached) with
-    its held-out figures."""
+    its held-out figures. Another process training the same model is waited for."""
+    spec = toy_task(task)
+    tower = None
+    if spec.init != "clip":
+        base, _ = ensure_toy_task(settings, spec.init, clip, seed, progress=progress)
+        tower = clip_convert.tower_state(base.model.get_submodule(VISION_TOWER[spec.init]))
+    cache = cache_dir(settings, task, seed)
+    with file_lock(cache.with_suffix(".lock")):
+        return _toy_task(cache, spec, clip, seed, force, progress, tower)
+
+
+def _toy_task(
+    cache: Path,
+    spec: ToyTask,
+    clip: ClipModel,
+    seed: int,
+    force: bool,
+    progress: Progress | None,
+    tower: Tensors | None,
+) -> tuple[HFModel, dict[str, float]]:
     from registry.task_eval import toy_figures
 
-    spec = toy_task(task)
-    cache = cache_dir(settings, task, seed)
+    task = spec.task
     if not force and (cache / METRICS_FILE).is_file():
         try:
             model = load_model(cache)
@@ -83,7 +110,7 @@ def ensure_toy_task(
                 return model, json.loads((cache / METRICS_FILE).read_text())
         except (ModelFormatError, OSError, ValueError):
             log.warning("the cached toy %s model in %s is unreadable: training again", task, cache)
-    model, metrics = spec.trainer(clip, replace(spec.config, seed=seed), progress)
+    model, metrics = spec.trainer(clip, replace(spec.config, seed=seed), progress, tower)
     metrics |= toy_figures(model, seed=seed)
     model.save(cache)
     (cache / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

@@ -21,11 +21,13 @@ from registry.families.grounding_loss import Target, grounding_loss
 from registry.families.owlvit import OwlViT
 from registry.toy_tasks.common import Progress, TaskTrainConfig, optimizer, train, training_samples
 
-CONFIG = TaskTrainConfig(steps=600, lr=1e-3, vision_lr=3e-4)
+CONFIG = TaskTrainConfig(steps=1500, lr=1e-3, vision_lr=3e-4)
 IMAGE_SIZE = 48
 
 
-def build(clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE) -> OwlViT:
+def build(
+    clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE, tower: clip_convert.Tensors | None = None
+) -> OwlViT:
     context = int(clip.model_cfg["text_cfg"]["context_length"])
     tok = clip_convert.clip_tokenizer(Path(tempfile.mkdtemp(prefix="vlmops-owl-tok-")), context)
     torch.manual_seed(seed)
@@ -37,7 +39,8 @@ def build(clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE) -> OwlVi
     )
     model = T.OwlViTForObjectDetection(cfg)
     owl = model.owlvit
-    clip_convert.load_into(owl.vision_model, clip_convert.vision_state(clip.model, "", "pre_layernorm", image_size))
+    tower = tower if tower is not None else clip_convert.vision_state(clip.model, image_size=image_size)
+    clip_convert.load_into(owl.vision_model, {k.replace("pre_layrnorm", "pre_layernorm"): v for k, v in tower.items()})
     clip_convert.load_into(owl.text_model, clip_convert.text_state(clip.model))
     clip_convert.load_into(owl, clip_convert.projections(clip.model))
     init_heads(model)
@@ -75,9 +78,13 @@ def targets_of(sample: ToySample, labels: list[str]) -> Target:
 
 
 def train_grounder(
-    clip: ClipModel, config: TaskTrainConfig = CONFIG, progress: Progress | None = None, image_size: int = IMAGE_SIZE
+    clip: ClipModel,
+    config: TaskTrainConfig = CONFIG,
+    progress: Progress | None = None,
+    tower: clip_convert.Tensors | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> tuple[OwlViT, dict[str, float]]:
-    grounder = build(clip, config.seed, image_size)
+    grounder = build(clip, config.seed, image_size, tower)
     model, proc = grounder.model, grounder.processor
     owl = model.owlvit
     samples = training_samples(config)

@@ -1,8 +1,12 @@
-"""A tiny BLIP-VQA on the toy world: the toy CLIP's vision tower in BLIP's layout, a question encoder
-with cross-attention to the image and an answer decoder, trained on every question of the toy images.
+"""A tiny BLIP-VQA on the toy world: the toy grounder's vision tower (itself the toy CLIP's, taught by boxes
+what each patch shows) in BLIP's layout, a question encoder with cross-attention to the image and an answer
+decoder, trained on every question of the toy images.
 
-BLIP's vision tower has no pre-norm, so it starts near the CLIP rather than equal to it and is finetuned
-with everything else. ViLT, the other VQA family, is single-stream and cannot take a CLIP tower (see
+BLIP's vision tower has no pre-norm, so the converted tower gives other features than the grounder's: it is
+first taught them again (a few hundred steps of mean squared error against the grounder's, about 15 s),
+then frozen, its features computed once, and only the text parts learn. Measured, the frozen tower is both
+faster (0.05 s a step against 0.1) and better on 2–3-object questions than finetuning the tower with the
+rest. ViLT, the other VQA family, is single-stream and cannot take a CLIP tower (see
 ``../shared/notes/toy-task-models.md``: from scratch it does not learn shapes in this budget).
 """
 
@@ -18,15 +22,31 @@ from infra.local_tokenizers import bert_tokenizer
 from registry.families import clip_convert
 from registry.families.blip_vqa import BlipVQA
 from registry.families.clip import ClipModel
-from registry.toy_tasks.common import Progress, TaskTrainConfig, optimizer, train, training_samples
+from registry.toy_tasks.common import (
+    FeatureLookup,
+    Progress,
+    TaskTrainConfig,
+    distil_tower,
+    frozen_features,
+    optimizer,
+    tower_features,
+    train,
+    training_samples,
+)
 
-CONFIG = TaskTrainConfig(steps=600, lr=1e-3, vision_lr=3e-4)
+CONFIG = TaskTrainConfig(steps=1500, lr=2e-3)
 IMAGE_SIZE = 48
-TEXT = {"num_hidden_layers": int(__import__("os").environ.get("EXP_LAYERS", "2")), "num_attention_heads": 4}  # BLIP's decoder reads the question encoder's
-# states through layers sized for the image's: the text width is the vision tower's
+FREEZE_TOWER = True
+DISTIL_STEPS = 300
+INIT = "grounding"  # the vision tower of the toy grounder (itself from the toy CLIP): see the module doc
+# BLIP's decoder reads the question encoder's states through layers sized for the image's: the text width is
+# the vision tower's
+TEXT = {"num_hidden_layers": 2, "num_attention_heads": 4}
 
 
-def build(clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE) -> BlipVQA:
+def build(
+    clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE, tower: clip_convert.Tensors | None = None
+) -> BlipVQA:
     tok = bert_tokenizer(Path(tempfile.mkdtemp(prefix="vlmops-blip-tok-")))
     torch.manual_seed(seed)
     vision = clip_convert.vision_config(clip.model_cfg, image_size)
@@ -43,7 +63,8 @@ def build(clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE) -> BlipV
         "eos_token_id": tok.sep_token_id,
     }
     model = T.BlipForQuestionAnswering(T.BlipConfig(vision_config=vision, text_config=text))
-    clip_convert.load_into(model.vision_model, clip_convert.blip_vision_state(clip.model, "", image_size))
+    tower = tower if tower is not None else clip_convert.vision_state(clip.model, image_size=image_size)
+    clip_convert.load_into(model.vision_model, clip_convert.to_blip_layout(tower, ""))
     pp = clip.preprocess_cfg
     image_proc = T.BlipImageProcessor(
         size={"height": image_size, "width": image_size}, image_mean=list(pp["mean"]), image_std=list(pp["std"])
@@ -52,9 +73,13 @@ def build(clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE) -> BlipV
 
 
 def train_vqa(
-    clip: ClipModel, config: TaskTrainConfig = CONFIG, progress: Progress | None = None, image_size: int = IMAGE_SIZE
+    clip: ClipModel,
+    config: TaskTrainConfig = CONFIG,
+    progress: Progress | None = None,
+    tower: clip_convert.Tensors | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> tuple[BlipVQA, dict[str, float]]:
-    vqa = build(clip, config.seed, image_size)
+    vqa = build(clip, config.seed, image_size, tower)
     model, proc = vqa.model, vqa.processor
     samples = training_samples(config)
     pixels = proc.image_processor([s.image for s in samples], return_tensors="pt").pixel_values
@@ -63,7 +88,15 @@ def train_vqa(
     questions = proc.tokenizer([q for _, q, _ in rows], padding=True, return_tensors="pt")
     answers = proc.tokenizer([a for _, _, a in rows], padding=True, return_tensors="pt").input_ids
     answers[:, 0] = model.decoder_start_token_id  # BLIP's answers start with [DEC], not [CLS]
-    vision = list(model.vision_model.parameters())
+    encoder = model.vision_model
+    metrics: dict[str, float] = {}
+    frozen = tower is not None and FREEZE_TOWER
+    if frozen:  # taught the grounder's features (BLIP has no pre-norm), then frozen: only the text parts learn
+        target = tower_features(clip.model_cfg, tower, pixels, image_size)
+        metrics["distil_mse"] = distil_tower(encoder, target, pixels, DISTIL_STEPS, seed=config.seed)
+        encoder.requires_grad_(False)
+        model.vision_model = FeatureLookup(frozen_features(encoder, pixels))
+    vision = list(encoder.parameters())
     ids = {id(p) for p in vision}
     opt = optimizer(vision, [p for p in model.parameters() if id(p) not in ids], config)
 
@@ -71,10 +104,13 @@ def train_vqa(
         out = model(
             input_ids=questions.input_ids[idx],
             attention_mask=questions.attention_mask[idx],
-            pixel_values=pixels[image_of[idx]],
+            pixel_values=FeatureLookup.rows(image_of[idx]) if frozen else pixels[image_of[idx]],
             labels=answers[idx],
         )
         return out.loss
 
-    metrics = train(model, opt, config, len(rows), loss_of, progress)
+    try:
+        metrics |= train(model, opt, config, len(rows), loss_of, progress)
+    finally:
+        model.vision_model = encoder
     return vqa, metrics

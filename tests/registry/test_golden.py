@@ -38,7 +38,10 @@ def outputs(model: HFModel) -> dict[str, Any]:
     if isinstance(model, Captioner):
         with model.running():
             gen = model.model.generate(
-                **model.inputs(images=images), max_new_tokens=3, do_sample=False, output_scores=True,
+                **model.inputs(images=images),
+                max_new_tokens=3,
+                do_sample=False,
+                output_scores=True,
                 return_dict_in_generate=True,
             )
         out["scores"] = torch.stack(gen.scores)[:, :, :12].tolist()
