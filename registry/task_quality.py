@@ -128,7 +128,7 @@ def absent_label(example: Example) -> str | None:
     labels = [lab for lab in class_labels() if lab not in present]
     if len(labels) == len(class_labels()):
         return None
-    return labels[sum(b[0] + 3 * b[1] for _, b in example.objects) % len(labels)]
+    return labels[int(sum(b[0] + 3 * b[1] for _, b in example.objects)) % len(labels)]
 
 
 @dataclass(frozen=True)

@@ -83,13 +83,13 @@ def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int 
             clients[task] = stack.enter_context(_closing(TaskClient(svc.url, api_key=settings.auth.key)))
         examples = Q.held_out(2, 1, seed=seed) + Q.held_out(2, None, seed=seed)
         captions = Q.service_caption(clients["captioning"])([e.image for e in examples])
-        click.echo(f"\n{'true caption':<48} {'generated caption':<48} {'question':<30} {'answer':<14} grounding")
+        click.echo(f"\n{'true caption':<50} {'generated caption':<50} {'question':<30} {'answer (truth)':<18} grounding")
         for example, caption in zip(examples, captions, strict=True):
             qa = example.qa[1] if len(example.qa) > 1 else example.qa[0]
             (answer,) = Q.service_answer(clients["vqa"])([example.image], [qa.question])
             label, iou = _iou_of_label(clients["grounding"], example)
             click.echo(
-                f"{example.caption:<48} {caption:<48} {qa.question:<30} {answer + ' (' + qa.answer + ')':<14} "
+                f"{example.caption:<50} {caption:<50} {qa.question:<30} {answer + ' (' + qa.answer + ')':<18} "
                 f"{label!r} IoU {iou:.2f}"
             )
         figures = held_out_figures(clients, n=100, seed=seed)

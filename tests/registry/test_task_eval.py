@@ -35,7 +35,8 @@ def test_a_task_dataset_holds_what_the_toy_world_knows(task_set: Path) -> None:
     assert len(examples) == 60 and len(digest) == 64
     for e, s in zip(examples, truth, strict=True):
         assert e.caption == s.caption and [q.answer for q in e.qa] == [q.answer for q in s.qa]
-        assert [(label, tuple(int(v) for v in box)) for label, box in e.objects] == [(o.label, o.box) for o in s.objects]
+        boxes = [(label, tuple(int(v) for v in box)) for label, box in e.objects]
+        assert boxes == [(o.label, o.box) for o in s.objects]
         assert e.image.tobytes() == s.image.tobytes()
 
 
@@ -82,7 +83,7 @@ def test_vlmops_eval_scores_a_captioner_and_a_vqa_model(
     settings = make_settings(home)
     store = RegistryStore.from_settings(settings)
     monkeypatch.setenv("VLMOPS_HOME", str(home))
-    for task, key in (("captioning", "caption_word_acc"), ("vqa", "vqa_acc")):
+    for task, key, least in (("captioning", "caption_word_acc", 0.9), ("vqa", "vqa_acc", 0.7)):
         name = getattr(settings, task).model_name
         info = store.register(name, toy_tasks[task][0])
         out = tmp_path / f"{task}.json"
@@ -90,6 +91,6 @@ def test_vlmops_eval_scores_a_captioner_and_a_vqa_model(
         assert result.exit_code == 0, result.output
         assert key in result.output
         report = json.loads(out.read_text())[f"v{info.version}"]
-        assert report["metrics"][key] >= 0.8, report["metrics"]
+        assert report["metrics"][key] >= least, report["metrics"]
         tagged = stored_eval(store.get(name, info.version), report["dataset_hash"])
         assert tagged is not None and tagged.metrics[key] == report["metrics"][key]

@@ -104,9 +104,10 @@ def test_services_agree_with_the_models_in_process(
     got = Q.service_ground(served["grounding"])(images, queries)
     for g_row, w_row in zip(got, model_ground(grounder, images, queries), strict=True):  # type: ignore[arg-type]
         for g, w in zip(g_row, w_row, strict=True):
-            assert g.box is not None and w.box is not None
-            assert max(abs(a - b) for a, b in zip(g.box, w.box, strict=True)) < 0.05
-            assert abs((g.score or 0) - (w.score or 0)) < 1e-3
+            assert (g.box is None) == (w.box is None)  # a query no patch likes best gets no box (OWL-ViT's rule)
+            if g.box is not None and w.box is not None:
+                assert max(abs(a - b) for a, b in zip(g.box, w.box, strict=True)) < 0.05
+                assert abs((g.score or 0) - (w.score or 0)) < 1e-3
 
 
 def test_default_threshold_drops_an_absent_object(served: dict[str, TaskClient]) -> None:
