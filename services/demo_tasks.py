@@ -83,7 +83,8 @@ def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int 
             clients[task] = stack.enter_context(_closing(TaskClient(svc.url, api_key=settings.auth.key)))
         examples = Q.held_out(2, 1, seed=seed) + Q.held_out(2, None, seed=seed)
         captions = Q.service_caption(clients["captioning"])([e.image for e in examples])
-        click.echo(f"\n{'true caption':<50} {'generated caption':<50} {'question':<30} {'answer (truth)':<18} grounding")
+        head = f"{'true caption':<50} {'generated caption':<50} {'question':<30} {'answer (truth)':<18} grounding"
+        click.echo("\n" + head)
         for example, caption in zip(examples, captions, strict=True):
             qa = example.qa[1] if len(example.qa) > 1 else example.qa[0]
             (answer,) = Q.service_answer(clients["vqa"])([example.image], [qa.question])
