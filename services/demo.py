@@ -1,7 +1,9 @@
 """``vlmops demo``: the main loop on the embedded defaults, with no server to install.
 
 Train (first run) or load the toy CLIP, register and promote it in MLflow (sqlite), start the
-embedding service as a real process, embed and classify toy images over HTTP, print the results.
+embedding service as a real process, embed and classify toy images over HTTP, print the results; search,
+finetune, gate, promote and reindex; then the toy captioner, VQA model and grounder through their services
+(``services.demo_tasks``).
 """
 
 from __future__ import annotations
