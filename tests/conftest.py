@@ -64,6 +64,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     )
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of the toy task models run last, so that their training (started in the background as the
+    session begins) overlaps the rest of the suite instead of holding it up."""
+    items.sort(key=lambda item: "toy_tasks" in getattr(item, "fixturenames", ()))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _PREPARE is not None and _PREPARE.poll() is None:
         _PREPARE.terminate()
