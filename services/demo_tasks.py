@@ -4,7 +4,7 @@ start the three services as real processes, and show what they say about a few t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import click
@@ -80,7 +80,7 @@ def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int 
         clients = {}
         for task in TASKS:
             svc = stack.enter_context(ServiceProcess(task, env=env, log_path=log_dir / f"demo-{task}.log"))
-            clients[task] = stack.enter_context(_closing(TaskClient(svc.url, api_key=settings.auth.key)))
+            clients[task] = stack.enter_context(closing(TaskClient(svc.url, api_key=settings.auth.key)))
         examples = Q.held_out(2, 1, seed=seed) + Q.held_out(2, None, seed=seed)
         captions = Q.service_caption(clients["captioning"])([e.image for e in examples])
         head = f"{'true caption':<50} {'generated caption':<50} {'question':<30} {'answer (truth)':<18} grounding"
@@ -99,14 +99,6 @@ def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int 
         shifted = figures.get(f"{key}_shifted")
         click.echo(f"  {key:<40} {figures[key]:.3f}" + (f"  ({shifted:.3f})" if shifted is not None else ""))
     return figures
-
-
-@contextmanager
-def _closing(client: TaskClient) -> Iterator[TaskClient]:
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def held_out_figures(clients: dict[str, TaskClient], n: int = 200, seed: int = 0) -> dict[str, float]:

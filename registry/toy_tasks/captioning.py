@@ -57,11 +57,10 @@ def build(
     model = T.GitForCausalLM(cfg)
     tower = tower if tower is not None else clip_convert.vision_state(clip.model, image_size=image_size)
     clip_convert.load_into(model.git.image_encoder.vision_model, tower)
-    size = image_size
     pp = clip.preprocess_cfg
     image_proc = T.CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_mean=list(pp["mean"]),
         image_std=list(pp["std"]),
     )
@@ -86,9 +85,7 @@ def train_captioner(
     if frozen:  # the grounder's tower already tells what each patch shows: only the decoder learns
         encoder.requires_grad_(False)
         model.git.image_encoder = FeatureLookup(frozen_features(encoder, pixels))
-    vision = list(encoder.parameters())
-    ids = {id(p) for p in vision}
-    opt = optimizer(vision, [p for p in model.parameters() if id(p) not in ids], config)
+    opt = optimizer(model, encoder, config)
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         out = model(

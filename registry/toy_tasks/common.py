@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +49,13 @@ def ordered_caption(sample: ToySample) -> str:
     return caption_for(tuple(sorted(sample.objects, key=lambda o: (o.colour, o.shape))))
 
 
-def optimizer(
-    vision: Iterable[nn.Parameter], rest: Iterable[nn.Parameter], config: TaskTrainConfig
-) -> torch.optim.AdamW:
+def optimizer(model: nn.Module, vision: nn.Module, config: TaskTrainConfig) -> torch.optim.AdamW:
+    """AdamW with the vision tower's trainable weights at ``vision_lr`` and the rest of ``model``'s at ``lr``."""
+    tower = list(vision.parameters())
+    ids = {id(p) for p in tower}
+    rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [
-        {"params": [p for p in vision if p.requires_grad], "lr": config.vision_lr, "base_lr": config.vision_lr},
+        {"params": [p for p in tower if p.requires_grad], "lr": config.vision_lr, "base_lr": config.vision_lr},
         {"params": [p for p in rest if p.requires_grad], "lr": config.lr, "base_lr": config.lr},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)

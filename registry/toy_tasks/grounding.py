@@ -96,9 +96,7 @@ def train_grounder(
         p.requires_grad_(False)
     with torch.no_grad():
         queries = owl.text_projection(owl.text_model(**text).pooler_output)[None]  # (1, Q, D)
-    vision = list(owl.vision_model.parameters())
-    ids = {id(p) for p in vision}
-    opt = optimizer(vision, [p for p in model.parameters() if id(p) not in ids], config)
+    opt = optimizer(model, owl.vision_model, config)
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         feature_map, _ = model.image_embedder(pixel_values=pixels[idx])

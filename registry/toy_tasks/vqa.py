@@ -96,9 +96,7 @@ def train_vqa(
         metrics["distil_mse"] = distil_tower(encoder, target, pixels, DISTIL_STEPS, seed=config.seed)
         encoder.requires_grad_(False)
         model.vision_model = FeatureLookup(frozen_features(encoder, pixels))
-    vision = list(encoder.parameters())
-    ids = {id(p) for p in vision}
-    opt = optimizer(vision, [p for p in model.parameters() if id(p) not in ids], config)
+    opt = optimizer(model, encoder, config)
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         out = model(
