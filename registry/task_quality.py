@@ -250,13 +250,10 @@ ACCEPTANCE: dict[str, float] = {
 }
 
 
-# Measured below the acceptance above on 2–3-object images (binding a colour to its object's shape; see the
-# README): held at these floors, so that they cannot fall back unseen, until a recipe reaches the acceptance.
-FLOORS: dict[str, float] = {
-    "caption_named_multi": 0.6,
-    "vqa_acc_colour_multi": 0.7,
-    "vqa_acc_shape_multi": 0.45,
-}
+# Measured below the acceptance above: "what colour is the {shape}?" on 2–3-object images (0.855 through the
+# services; it needs the shape of every object, and the model finds the object a question names by shape less
+# surely than by colour). Held at this floor, so that it cannot fall back unseen, until a recipe reaches 0.9.
+FLOORS: dict[str, float] = {"vqa_acc_colour_multi": 0.8}
 
 
 def failed_acceptance(figures: dict[str, float], prefix: str = "") -> dict[str, tuple[float, float]]:

@@ -47,11 +47,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Train the toy models in a background process (at low priority) while the first tests run: the toy CLIP
     first, then the task models; the fixtures above wait for what they need (a file lock per model)."""
     global _PREPARE
-    from registry.toy_tasks import TASKS
+    from registry.toy_tasks import TASKS, is_cached
 
     home = REPO / ".vlmops"
-    wanted = ["toy-clip-seed0", *(f"toy-{t}-seed0" for t in TASKS)]
-    if os.environ.get("VLMOPS_TEST_PREPARE", "1") == "0" or all((home / w / "metrics.json").is_file() for w in wanted):
+    cached = (home / "toy-clip-seed0" / "metrics.json").is_file() and all(
+        is_cached(Settings(home=home), t) for t in TASKS
+    )
+    if os.environ.get("VLMOPS_TEST_PREPARE", "1") == "0" or cached:
         return
     home.mkdir(exist_ok=True)
     log = (home / "prepare.log").open("ab")

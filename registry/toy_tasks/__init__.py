@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 TASKS = ("captioning", "vqa", "grounding")
 VISION_TOWER = {"grounding": "owlvit.vision_model"}
 METRICS_FILE = "metrics.json"
+HASH_FILE = "dataset_hash"
 
 Trainer = Callable[[ClipModel, TaskTrainConfig, Progress | None, Tensors | None], tuple[HFModel, dict[str, float]]]
 
@@ -103,7 +104,8 @@ def _toy_task(
     from registry.task_eval import toy_figures
 
     task = spec.task
-    if not force and (cache / METRICS_FILE).is_file():
+    wanted = spec.dataset_hash(seed)
+    if not force and (cache / METRICS_FILE).is_file() and _cached_hash(cache) == wanted:
         try:
             model = load_model(cache)
             if isinstance(model, HFModel):
@@ -113,8 +115,24 @@ def _toy_task(
     model, metrics = spec.trainer(clip, replace(spec.config, seed=seed), progress, tower)
     metrics |= toy_figures(model, seed=seed)
     model.save(cache)
+    (cache / HASH_FILE).write_text(wanted)
     (cache / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     return model, metrics
+
+
+def is_cached(settings: Settings, task: str, seed: int = 0) -> bool:
+    """Whether the toy model of ``task`` is cached, trained by the current recipe."""
+    cache = settings.home / f"toy-{task}-seed{seed}"
+    return (cache / METRICS_FILE).is_file() and _cached_hash(cache) == toy_task(task).dataset_hash(seed)
+
+
+def _cached_hash(cache: Path) -> str | None:
+    """The dataset hash (data, recipe, initialisation) the cached model was trained with: a cache of another
+    recipe is trained again."""
+    try:
+        return (cache / HASH_FILE).read_text().strip()
+    except OSError:
+        return None
 
 
 def model_name(settings: Settings, task: str) -> str:

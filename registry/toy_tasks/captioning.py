@@ -4,9 +4,10 @@ the toy captions, objects in a fixed order (:func:`registry.toy_tasks.common.ord
 
 The tower is frozen and its features computed once: on 2–3-object scenes the decoder has to bind each
 colour to its object's shape, and what limits it is how well each patch tells shapes apart, which the
-grounder's boxes teach and a caption loss hardly does (measured, the same steps: 0.25 of 2–3-object captions
-name every object from the CLIP's tower finetuned with the decoder, 0.45 from the grounder's, 0.65 from the
-grounder's frozen, with three times the steps in the same time)."""
+grounder's boxes teach and a caption loss hardly does (measured at 48 px, the same steps: 0.25 of 2–3-object
+captions name every object from the CLIP's tower finetuned with the decoder, 0.45 from the grounder's, 0.65
+from the grounder's frozen, with three times the steps in the same time; at 64 px with four times the
+scenes, 0.81)."""
 
 from __future__ import annotations
 
@@ -31,15 +32,17 @@ from registry.toy_tasks.common import (
     training_samples,
 )
 
-CONFIG = TaskTrainConfig(steps=1500, lr=2e-3)
-IMAGE_SIZE = 48  # the toy CLIP sees 32 px; objects in 2–3-object scenes need more than one 8 px patch
+# 12,000 1–3-object scenes: with 3,000 the decoder learnt its training captions by heart (loss 0.06) and named
+# every object of 0.66 of held-out 2–3-object images; with 12,000, 0.81 (the same steps: the features are computed
+# once, so more images cost only their drawing)
+CONFIG = TaskTrainConfig(steps=1500, lr=2e-3, n_multi=12_000, image_size=64)
 FREEZE_TOWER = True
 INIT = "grounding"  # the vision tower of the toy grounder (itself from the toy CLIP): see the module doc
 DECODER = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
 
 
 def build(
-    clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE, tower: clip_convert.Tensors | None = None
+    clip: ClipModel, seed: int = 0, image_size: int = CONFIG.image_size, tower: clip_convert.Tensors | None = None
 ) -> GitCaptioner:
     """An untrained GIT whose vision tower is ``clip``'s (or ``tower``, a CLIP-layout tower trained further),
     with a word-level tokenizer of the toy words."""
@@ -72,9 +75,8 @@ def train_captioner(
     config: TaskTrainConfig = CONFIG,
     progress: Progress | None = None,
     tower: clip_convert.Tensors | None = None,
-    image_size: int = IMAGE_SIZE,
 ) -> tuple[GitCaptioner, dict[str, float]]:
-    captioner = build(clip, config.seed, image_size, tower)
+    captioner = build(clip, config.seed, config.image_size, tower)
     samples = training_samples(config)
     proc, model = captioner.processor, captioner.model
     pixels = proc.image_processor([s.image for s in samples], return_tensors="pt").pixel_values

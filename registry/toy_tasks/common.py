@@ -21,9 +21,11 @@ Progress = Callable[[int, int, float], None]
 @dataclass(frozen=True)
 class TaskTrainConfig:
     """Steps, sizes and rates of one toy task model. The vision tower comes from the toy CLIP and is
-    finetuned at ``vision_lr``; everything new (decoders, heads) learns at ``lr``."""
+    finetuned at ``vision_lr``; everything new (decoders, heads) learns at ``lr``. ``image_size``: the side
+    the model sees (the toy CLIP's positional embedding is resized to it)."""
 
     seed: int = 0
+    image_size: int = 48
     n_single: int = 3000
     n_multi: int = 3000
     steps: int = 600

@@ -21,12 +21,13 @@ from registry.families.grounding_loss import Target, grounding_loss
 from registry.families.owlvit import OwlViT
 from registry.toy_tasks.common import Progress, TaskTrainConfig, optimizer, train, training_samples
 
-CONFIG = TaskTrainConfig(steps=1500, lr=1e-3, vision_lr=3e-4)
-IMAGE_SIZE = 48
+# 64 px, the toy images' own size: a linear probe of the tower's patches finds each object's shape in 2–3-object
+# scenes 0.94 of the time when trained at 64 px, 0.86 at 48 px (objects there are 12–19 px, two 8 px patches)
+CONFIG = TaskTrainConfig(steps=1300, lr=1e-3, vision_lr=3e-4, image_size=64)
 
 
 def build(
-    clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE, tower: clip_convert.Tensors | None = None
+    clip: ClipModel, seed: int = 0, image_size: int = CONFIG.image_size, tower: clip_convert.Tensors | None = None
 ) -> OwlViT:
     context = int(clip.model_cfg["text_cfg"]["context_length"])
     tok = clip_convert.clip_tokenizer(Path(tempfile.mkdtemp(prefix="vlmops-owl-tok-")), context)
@@ -82,9 +83,8 @@ def train_grounder(
     config: TaskTrainConfig = CONFIG,
     progress: Progress | None = None,
     tower: clip_convert.Tensors | None = None,
-    image_size: int = IMAGE_SIZE,
 ) -> tuple[OwlViT, dict[str, float]]:
-    grounder = build(clip, config.seed, image_size, tower)
+    grounder = build(clip, config.seed, config.image_size, tower)
     model, proc = grounder.model, grounder.processor
     owl = model.owlvit
     samples = training_samples(config)

@@ -34,8 +34,10 @@ from registry.toy_tasks.common import (
     training_samples,
 )
 
-CONFIG = TaskTrainConfig(steps=1500, lr=2e-3)
-IMAGE_SIZE = 48
+# Measured on held-out 2–3-object images (64 px, 12,000 scenes): at 2e-3 and 1,500 steps the question encoder
+# never learnt to look at the object a question names ("what shape is the red object?": 0.54); at 1e-3 and
+# 3,000 steps it does (0.94)
+CONFIG = TaskTrainConfig(steps=3000, lr=1e-3, n_multi=12_000, image_size=64)
 FREEZE_TOWER = True
 DISTIL_STEPS = 300
 INIT = "grounding"  # the vision tower of the toy grounder (itself from the toy CLIP): see the module doc
@@ -45,7 +47,7 @@ TEXT = {"num_hidden_layers": 2, "num_attention_heads": 4}
 
 
 def build(
-    clip: ClipModel, seed: int = 0, image_size: int = IMAGE_SIZE, tower: clip_convert.Tensors | None = None
+    clip: ClipModel, seed: int = 0, image_size: int = CONFIG.image_size, tower: clip_convert.Tensors | None = None
 ) -> BlipVQA:
     tok = bert_tokenizer(Path(tempfile.mkdtemp(prefix="vlmops-blip-tok-")))
     torch.manual_seed(seed)
@@ -77,9 +79,8 @@ def train_vqa(
     config: TaskTrainConfig = CONFIG,
     progress: Progress | None = None,
     tower: clip_convert.Tensors | None = None,
-    image_size: int = IMAGE_SIZE,
 ) -> tuple[BlipVQA, dict[str, float]]:
-    vqa = build(clip, config.seed, image_size, tower)
+    vqa = build(clip, config.seed, config.image_size, tower)
     model, proc = vqa.model, vqa.processor
     samples = training_samples(config)
     pixels = proc.image_processor([s.image for s in samples], return_tensors="pt").pixel_values
@@ -92,7 +93,7 @@ def train_vqa(
     metrics: dict[str, float] = {}
     frozen = tower is not None and FREEZE_TOWER
     if frozen:  # taught the grounder's features (BLIP has no pre-norm), then frozen: only the text parts learn
-        target = tower_features(clip.model_cfg, tower, pixels, image_size)
+        target = tower_features(clip.model_cfg, tower, pixels, config.image_size)
         metrics["distil_mse"] = distil_tower(encoder, target, pixels, DISTIL_STEPS, seed=config.seed)
         encoder.requires_grad_(False)
         model.vision_model = FeatureLookup(frozen_features(encoder, pixels))
