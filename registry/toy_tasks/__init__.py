@@ -68,8 +68,9 @@ def toy_task(task: str) -> ToyTask:
             raise ValueError(f"unknown toy task {task!r} (known: {', '.join(TASKS)})")
 
 
-def cache_dir(settings: Settings, task: str, seed: int) -> Path:
-    return settings.ensure_home() / f"toy-{task}-seed{seed}"
+def cache_dir(settings: Settings, task: str, seed: int, create: bool = True) -> Path:
+    home = settings.ensure_home() if create else settings.home
+    return home / f"toy-{task}-seed{seed}"
 
 
 def ensure_toy_task(
@@ -122,7 +123,7 @@ def _toy_task(
 
 def is_cached(settings: Settings, task: str, seed: int = 0) -> bool:
     """Whether the toy model of ``task`` is cached, trained by the current recipe."""
-    cache = settings.home / f"toy-{task}-seed{seed}"
+    cache = cache_dir(settings, task, seed, create=False)
     return (cache / METRICS_FILE).is_file() and _cached_hash(cache) == toy_task(task).dataset_hash(seed)
 
 
