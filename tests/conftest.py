@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from registry.families.clip import ClipModel
-from registry.families.hf import HFModel
-from registry.store import RegistryStore
+# Every process of the suite computes on one thread: the services, the workers, the background training and
+# this one. Torch's OpenMP teams of two threads on 2 cores stall each other whenever a second process is
+# busy: measured, the killed-finetune test took 125 s beside the background training (with the training on
+# one thread, 79 s with it at idle priority) and 27 s with the worker on one thread, as fast as alone. Set
+# before torch is imported; a test that needs OpenMP teams sets its own count (tests/infra/test_threads.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from infra.settings import Settings  # noqa: E402
+from registry.families.clip import ClipModel  # noqa: E402
+from registry.families.hf import HFModel  # noqa: E402
+from registry.store import RegistryStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -44,8 +51,9 @@ _PREPARE: subprocess.Popen[bytes] | None = None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Train the toy models in a background process (at low priority) while the first tests run: the toy CLIP
-    first, then the task models; the fixtures above wait for what they need (a file lock per model)."""
+    """Train the toy models in a background process while the tests run: the toy CLIP first, then the task
+    models; the fixtures above wait for what they need (a file lock per model). It runs at low priority, on
+    one thread like the rest of the suite (see ``OMP_NUM_THREADS`` above)."""
     global _PREPARE
     from registry.toy_tasks import TASKS, is_cached
 
@@ -66,10 +74,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     )
 
 
+def _training_rank(items: list[pytest.Item]) -> dict[str, int]:
+    """Per test module: 0 if none of its tests needs a toy model, 1 if one needs the toy CLIP, 2 if one needs
+    the toy task models (a whole module moves, so that its module-scoped fixtures are set up once)."""
+    rank: dict[str, int] = {}
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        module = item.nodeid.split("::")[0]
+        rank[module] = max(rank.get(module, 0), 2 if "toy_tasks" in names else 1 if "toy_clip" in names else 0)
+    return rank
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests of the toy task models run last, so that their training (started in the background as the
-    session begins) overlaps the rest of the suite instead of holding it up."""
-    items.sort(key=lambda item: "toy_tasks" in getattr(item, "fixturenames", ()))
+    """The tests that need no toy model run first, then those of the toy CLIP, then those of the toy task
+    models: the background training (started as the session begins) overlaps the suite instead of holding it
+    up."""
+    rank = _training_rank(items)
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

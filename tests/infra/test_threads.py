@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,8 +14,17 @@ import torch
 from infra.threads import _libgomp, in_fresh_thread, one_torch_thread
 
 pytestmark = pytest.mark.skipif(
-    torch.get_num_threads() < 2 or _libgomp() is None, reason="needs torch on libgomp with 2+ threads"
+    (os.cpu_count() or 1) < 2 or _libgomp() is None, reason="needs torch on libgomp and 2+ CPUs"
 )
+
+
+@pytest.fixture(autouse=True)
+def two_threads() -> Iterator[None]:
+    """The suite runs torch on one thread (``tests/conftest.py``); these tests are about OpenMP teams."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def os_threads() -> set[str]:
