@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-# Every process of the suite computes on one thread: the services, the workers, the background training and
-# this one. Torch's OpenMP teams of two threads on 2 cores stall each other whenever a second process is
-# busy: measured, the killed-finetune test took 125 s beside the background training (with the training on
-# one thread, 79 s with it at idle priority) and 27 s with the worker on one thread, as fast as alone. Set
-# before torch is imported; a test that needs OpenMP teams sets its own count (tests/infra/test_threads.py).
+# The suite's processes (services, workers, this one) compute on one thread: torch's OpenMP teams of two
+# threads on 2 cores stall whenever another process is busy (measured: the killed-finetune test took 125 s
+# beside the background training, 27 s with its worker on one thread, as fast as alone). Set before torch is
+# imported; a test that needs OpenMP teams sets its own count (tests/infra/test_threads.py).
 # The background training keeps torch's own count: a model's weights depend on it, and the toy grounder
 # trained on one thread found 0.805 of single objects at IoU 0.5 instead of 0.935.
 _TRAINING_ENV = dict(os.environ)
@@ -78,14 +77,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     )
 
 
-def _training_rank(items: list[pytest.Item]) -> dict[str, int]:
+def _training_rank(items: list[pytest.Item]) -> dict[Path, int]:
     """Per test module: 0 if none of its tests needs a toy model, 1 if one needs the toy CLIP, 2 if one needs
     the toy task models (a whole module moves, so that its module-scoped fixtures are set up once)."""
-    rank: dict[str, int] = {}
+    rank: dict[Path, int] = {}
     for item in items:
         names = getattr(item, "fixturenames", ())
-        module = item.nodeid.split("::")[0]
-        rank[module] = max(rank.get(module, 0), 2 if "toy_tasks" in names else 1 if "toy_clip" in names else 0)
+        need = 2 if "toy_tasks" in names else 1 if "toy_clip" in names else 0
+        rank[item.path] = max(rank.get(item.path, 0), need)
     return rank
 
 
@@ -94,7 +93,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     models: the background training (started as the session begins) overlaps the suite instead of holding it
     up."""
     rank = _training_rank(items)
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+    items.sort(key=lambda item: rank[item.path])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -64,6 +65,7 @@ def optimizer(model: nn.Module, vision: nn.Module, config: TaskTrainConfig) -> t
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
 
 
+@functools.cache
 def bf16_matmuls() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX): then the trainers run their
     forward passes under bf16 autocast, weights and optimiser kept in fp32. Measured on the 2-core AMD EPYC
