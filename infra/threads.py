@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -57,4 +58,15 @@ def in_fresh_thread(fn: Callable[[], T], name: str = "torch-once") -> T:
         return once.submit(fn).result()
 
 
-__all__ = ["in_fresh_thread", "one_torch_thread"]
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op thread count (process-wide) set to ``n`` within the block, and restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["in_fresh_thread", "one_torch_thread", "torch_threads"]

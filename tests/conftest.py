@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-# The suite's processes (services, workers, this one) compute on one thread: torch's OpenMP teams of two
-# threads on 2 cores stall whenever another process is busy (measured: the killed-finetune test took 125 s
-# beside the background training, 27 s with its worker on one thread, as fast as alone). Set before torch is
-# imported; a test that needs OpenMP teams sets its own count (tests/infra/test_threads.py).
-# The background training keeps torch's own count: a model's weights depend on it, and the toy grounder
-# trained on one thread found 0.805 of single objects at IoU 0.5 instead of 0.935.
-_TRAINING_ENV = dict(os.environ)
+# The suite's processes (services, workers, the background training, this one) compute on one thread: torch's
+# OpenMP teams of two threads on 2 cores stall whenever another process is busy (measured: the killed-finetune
+# test took 125 s beside the background training, 27 s with its worker on one thread, as fast as alone). Set
+# before torch is imported; a test that needs OpenMP teams sets its own count (tests/infra/test_threads.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from infra.settings import Settings  # noqa: E402
@@ -54,27 +50,15 @@ _PREPARE: subprocess.Popen[bytes] | None = None
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Train the toy models in a background process while the tests run: the toy CLIP first, then the task
-    models; the fixtures above wait for what they need (a file lock per model). It runs at low priority, on
-    torch's own thread count, as ``vlmops demo`` trains (see ``OMP_NUM_THREADS`` above)."""
+    models; the fixtures above wait for what they need (a file lock per model). One process at low priority,
+    on one thread, beside the suite."""
     global _PREPARE
-    from registry.toy_tasks import TASKS, is_cached
+    from services.demo_tasks import start_training
 
-    home = REPO / ".vlmops"
-    cached = (home / "toy-clip-seed0" / "metrics.json").is_file() and all(
-        is_cached(Settings(home=home), t) for t in TASKS
-    )
-    if os.environ.get("VLMOPS_TEST_PREPARE", "1") == "0" or cached:
+    if os.environ.get("VLMOPS_TEST_PREPARE", "1") == "0":
         return
-    home.mkdir(exist_ok=True)
-    log = (home / "prepare.log").open("ab")
-    _PREPARE = subprocess.Popen(
-        [sys.executable, "-m", "services.demo_tasks", str(home)],
-        cwd=REPO,
-        env=_TRAINING_ENV,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=lambda: os.nice(10),
-    )
+    home = REPO / ".vlmops"
+    _PREPARE = start_training(home, home / "prepare.log", jobs=1, nice=10)
 
 
 def _training_rank(items: list[pytest.Item]) -> dict[Path, int]:
@@ -97,9 +81,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _PREPARE is not None and _PREPARE.poll() is None:
-        _PREPARE.terminate()
-        _PREPARE.wait(30)
+    from infra.process import terminate_group
+
+    terminate_group(_PREPARE, 30)
 
 
 @pytest.fixture()

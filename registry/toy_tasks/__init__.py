@@ -14,6 +14,7 @@ from pathlib import Path
 from infra.errors import ModelFormatError, NotFound
 from infra.locks import file_lock
 from infra.settings import Settings
+from infra.threads import torch_threads
 from infra.toyworld import ToyWorld
 from registry.families import clip_convert, load_model
 from registry.families.clip import ClipModel
@@ -115,8 +116,9 @@ def _toy_task(
                 return model, json.loads((cache / METRICS_FILE).read_text())
         except (ModelFormatError, OSError, ValueError):
             log.warning("the cached toy %s model in %s is unreadable: training again", task, cache)
-    model, metrics = spec.trainer(clip, replace(spec.config, seed=seed), progress, tower)
-    metrics |= toy_figures(model, seed=seed)
+    with torch_threads(spec.config.threads):  # the same weights on any machine (registry.toy_clip.TRAINING_THREADS)
+        model, metrics = spec.trainer(clip, replace(spec.config, seed=seed), progress, tower)
+        metrics |= toy_figures(model, seed=seed)
     model.save(cache)
     (cache / HASH_FILE).write_text(wanted)
     (cache / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

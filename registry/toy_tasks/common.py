@@ -15,6 +15,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from infra.toyworld import Domain, Split, ToySample, ToyWorld, caption_for
+from registry.toy_clip import TRAINING_THREADS
 
 Progress = Callable[[int, int, float], None]
 
@@ -36,6 +37,7 @@ class TaskTrainConfig:
     weight_decay: float = 0.01
     warmup: int = 30
     bf16: bool = True  # forward passes under bf16 autocast where the CPU has bf16 matmuls (:func:`autocast`)
+    threads: int = TRAINING_THREADS  # torch's intra-op threads while training: part of the recipe
 
 
 def training_samples(config: TaskTrainConfig, domain: Domain = Domain.PLAIN) -> list[ToySample]:
