@@ -61,7 +61,7 @@ def test_a_finetune_on_the_shifted_domain_gains_per_class_on_a_labels_only_set(
     base = toy_clip[0]
     train = write_toy_dataset(tmp_path / "train", 384, Domain.SHIFTED, Split.TRAIN)
     write_toy_dataset(tmp_path / "train", 192, Domain.PLAIN, Split.TRAIN, append=True)
-    tuned = _tuned(base, train, tmp_path)
+    tuned = _tuned(base, train, tmp_path, steps=120)  # 60 steps gained 0.091 from the one-thread toy CLIP
     held = _labels_only(write_toy_dataset(tmp_path / "held", 240, Domain.SHIFTED, Split.TEST, captions=False))
     assert held.n_captioned == 0 and held.n_labelled == 240
 
