@@ -33,13 +33,11 @@ from registry.gate import comparison, evaluate_versions, gated_promote
 from registry.store import PRODUCTION, RegistryStore, VersionInfo
 from registry.task_quality import failed_acceptance
 from registry.toy_clip import ToyTrainConfig, train_toy_clip
+from registry.toy_tasks import HASH_FILE, METRICS_FILE
 from services.client import EmbeddingGrpc
 from services.demo_tasks import start_training, task_demo
 from workers.app import make_app
 from workers.follow import follow, follow_reindexes
-
-METRICS_FILE = "metrics.json"
-HASH_FILE = "dataset_hash"
 
 
 def toy_dataset_hash(config: ToyTrainConfig) -> str:

@@ -161,9 +161,7 @@ def is_prepared(home: Path, seed: int = 0) -> bool:
     return clip and all(is_cached(settings, task, seed) for task in TASKS)
 
 
-def start_training(
-    home: Path, log: Path, seed: int = 0, jobs: int = 1, nice: int = 0
-) -> subprocess.Popen[bytes] | None:
+def start_training(home: Path, log: Path, seed: int = 0, jobs: int = 1) -> subprocess.Popen[bytes] | None:
     """:func:`prepare` in a background process, or None when every toy model is cached. Each of its processes
     computes on one thread: a single-threaded trainer keeps its speed beside other work (measured on 2 cores:
     the toy CLIP trains at 7.5 steps/s on one thread beside another trainer, and at 1 step/s on two threads
@@ -180,7 +178,6 @@ def start_training(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group, with the trainers it starts (``terminate_group``)
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
 
 
