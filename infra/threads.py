@@ -24,8 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 
@@ -46,6 +44,8 @@ def one_torch_thread() -> None:
     OpenMP's thread count is per thread: torch sets it on a thread's first use from the process-wide
     count (``torch.set_num_threads``), so that happens first, and then this thread's count is set to 1.
     A later ``torch.set_num_threads`` on this thread undoes it."""
+    import torch  # here, not at the top: a service's supervisor imports this module and never runs torch
+
     torch.get_num_threads()  # torch's per-thread initialisation, which would otherwise override ours
     lib = _libgomp()
     if lib is not None:
@@ -61,6 +61,8 @@ def in_fresh_thread(fn: Callable[[], T], name: str = "torch-once") -> T:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Torch's intra-op thread count (process-wide) set to ``n`` within the block, and restored after."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

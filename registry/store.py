@@ -17,17 +17,19 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from mlflow import MlflowClient
-from mlflow.artifacts import download_artifacts
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-
 from infra.errors import InvalidInput, Misconfigured, NotFound
+from infra.lazy import lazy_module
 from infra.settings import Settings
 from registry.families import ModelFamily, load_model
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.exceptions import MlflowException
+
+mlflow = lazy_module("mlflow")  # loaded by the first store (a service's supervisor process never makes one)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ class RegistryStore:
     earlier release under a ``file://`` root is refused with the fix, before anything is logged to it."""
 
     def __init__(self, tracking_uri: str, artifact_location: str | None, cache_dir: Path, shared: bool = False) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
         self.shared = shared
@@ -122,7 +124,7 @@ class RegistryStore:
         """The id of experiment ``name``, created (with the registry's artifact location) when missing."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            with contextlib.suppress(MlflowException):  # or created by a concurrent caller
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # or created by a concurrent caller
                 self.client.create_experiment(name, artifact_location=self.artifact_location)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -201,7 +203,7 @@ class RegistryStore:
             self.client.set_terminated(run.info.run_id, "FINISHED")
         try:
             self.client.create_registered_model(name)
-        except MlflowException as exc:
+        except mlflow.exceptions.MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT}"
@@ -219,7 +221,7 @@ class RegistryStore:
             raise NotFound(f"model version must be a positive integer, got {version!r}")
         try:
             return _info(self.client.get_model_version(name, str(version)))
-        except MlflowException as exc:
+        except mlflow.exceptions.MlflowException as exc:
             if _is_not_found(exc):
                 raise NotFound(f"model {name!r} has no version {version!r}") from exc
             raise
@@ -227,7 +229,7 @@ class RegistryStore:
     def by_alias(self, name: str, alias: str) -> VersionInfo:
         try:
             return _info(self.client.get_model_version_by_alias(name, alias))
-        except MlflowException as exc:
+        except mlflow.exceptions.MlflowException as exc:
             if _is_not_found(exc):
                 raise NotFound(f"model {name!r} has no version with alias {alias!r}") from exc
             raise
@@ -259,7 +261,7 @@ class RegistryStore:
     def events(self, name: str) -> list[RegistryEvent]:
         try:
             rm = self.client.get_registered_model(name)
-        except MlflowException as exc:
+        except mlflow.exceptions.MlflowException as exc:
             if _is_not_found(exc):
                 raise NotFound(f"no registered model {name!r}") from exc
             raise
@@ -333,7 +335,7 @@ class RegistryStore:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{info.version}-"))
             try:
                 got = Path(
-                    download_artifacts(
+                    mlflow.artifacts.download_artifacts(
                         artifact_uri=info.source,
                         dst_path=str(tmp),
                         tracking_uri=self.tracking_uri,

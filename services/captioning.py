@@ -5,17 +5,19 @@ bentoml serve services.captioning:CaptioningService --port 3001
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 
 from infra.settings import Settings
-from registry.families.captioning import Captioner, GenerationParams
 from services.gateway import gateway
 from services.model_pool import Loaded
 from services.rpc.vision import CaptioningRpc, servicers
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import CaptionOut, caption_item, per_params
+
+if TYPE_CHECKING:
+    from registry.families.captioning import Captioner
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.captioning
@@ -34,8 +36,10 @@ Captions = json_list(CaptionOut)
     grpc=servicers(CaptioningRpc, CaptionItem, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-captioning", LIMITS, timeout_s=300))
-class CaptioningService(ModelService[Captioner]):
+class CaptioningService(ModelService["Captioner"]):
     def __init__(self) -> None:
+        from registry.families.captioning import Captioner  # the model stack, in the worker only
+
         self.setup(SETTINGS, LIMITS, Captioner)
 
     @bentoml.api
@@ -44,6 +48,8 @@ class CaptioningService(ModelService[Captioner]):
         return await self.respond(items, self._caption)
 
     def _caption(self, loaded: Loaded[Captioner], group: list[Any]) -> list[CaptionOut]:
+        from registry.families.captioning import GenerationParams
+
         def run(params: tuple[Any, ...], items: list[Any]) -> list[CaptionOut]:
             texts = loaded.model.caption([it.pil for it in items], GenerationParams(*params))
             return [CaptionOut(caption=t, model=self.pool.name, version=loaded.version) for t in texts]

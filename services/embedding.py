@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
-import torch
 from PIL import Image
 
 from infra.settings import Settings
 from infra.threads import one_torch_thread
-from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
-from registry.store import VersionInfo
 from services.gateway import gateway
 from services.items import Prepared
 from services.model_pool import Loaded
@@ -30,6 +27,12 @@ from services.rpc import wire
 from services.rpc.embedding import servicers
 from services.schemas import Classification, ImageEmbedding, TextEmbedding, build_request_schemas, embedding_json
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
+
+if TYPE_CHECKING:
+    import torch
+
+    from registry.families.clip import ClipModel
+    from registry.store import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,12 @@ MODEL_SECONDS = bentoml.metrics.Histogram(
     grpc=servicers(SCHEMAS, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-embedding", LIMITS))
-class EmbeddingService(ModelService[ClipModel]):
+class EmbeddingService(ModelService["ClipModel"]):
     def __init__(self) -> None:
+        # the model stack loads here, in the worker: the supervisor that imports this module never needs it
+        from registry.families.clip import DEFAULT_TEMPLATES, ClipModel
+
+        self.default_templates = DEFAULT_TEMPLATES
         self.setup(SETTINGS, LIMITS, ClipModel)
         self.preprocess_pool = ThreadPoolExecutor(
             LIMITS.decode_threads, thread_name_prefix="preprocess", initializer=one_torch_thread
@@ -109,6 +116,8 @@ class EmbeddingService(ModelService[ClipModel]):
         made = self.preprocess_pool.map(lambda i: model.preprocess(items[i].pil), todo)
         for i, px in zip(todo, made, strict=True):
             ready[i] = px
+        import torch
+
         return torch.stack([px for px in ready if px is not None])
 
     def _name(self, loaded: Loaded[ClipModel]) -> str:
@@ -166,7 +175,7 @@ class EmbeddingService(ModelService[ClipModel]):
         image_emb = model.encode_pixels(self._pixels(model, group))
         results = []
         for emb, it in zip(image_emb, group, strict=True):
-            label_emb = model.label_embeddings(it.labels, it.templates or DEFAULT_TEMPLATES)
+            label_emb = model.label_embeddings(it.labels, it.templates or self.default_templates)
             probs = model.classify_embeddings(emb[None], label_emb)[0].cpu().tolist()
             order = sorted(range(len(probs)), key=lambda k: -probs[k])
             results.append(

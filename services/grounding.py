@@ -5,17 +5,19 @@ bentoml serve services.grounding:GroundingService --port 3003
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 
 from infra.settings import Settings
-from registry.families.grounding import Grounder
 from services.gateway import gateway
 from services.model_pool import Loaded
 from services.rpc.vision import GroundingRpc, servicers
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import Box, GroundingOut, grounding_item, per_params
+
+if TYPE_CHECKING:
+    from registry.families.grounding import Grounder
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.grounding
@@ -34,8 +36,10 @@ Groundings = json_list(GroundingOut)
     grpc=servicers(GroundingRpc, GroundingItem, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-grounding", LIMITS, timeout_s=300))
-class GroundingService(ModelService[Grounder]):
+class GroundingService(ModelService["Grounder"]):
     def __init__(self) -> None:
+        from registry.families.grounding import Grounder  # the model stack, in the worker only
+
         self.setup(SETTINGS, LIMITS, Grounder)
 
     @bentoml.api

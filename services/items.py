@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
 from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, model_validator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -24,6 +23,9 @@ from infra.errors import InvalidInput
 from infra.images import decode_base64, decode_image
 from infra.settings import ServiceSettings
 from services.edge import validating
+
+if TYPE_CHECKING:
+    import torch
 
 GRPC = {"wire": "grpc"}  # the validation context of items that came over gRPC
 

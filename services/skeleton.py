@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 import bentoml
-import torch
 from bentoml.validators import ContentType
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -117,6 +116,8 @@ class ModelService(Generic[M]):
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(limits.precision, self.device)
         if limits.torch_threads:
+            import torch  # in the worker only: the supervisor imports this module and never runs a model
+
             torch.set_num_threads(limits.torch_threads)
         # this thread runs the event loop, which decodes and preprocesses images at request time: with
         # torch ops of its own in parallel it would keep an OpenMP team and slow the model thread down

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from infra.errors import InvalidInput
 from infra.settings import CaptioningSettings, GroundingSettings, VQASettings
-from registry.families.grounding import DEFAULT_THRESHOLD
+from registry.families.base import DEFAULT_THRESHOLD
 from services.edge import validating
 from services.items import RequestHooks, build_base_items, clean_text
 

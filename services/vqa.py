@@ -5,17 +5,19 @@ bentoml serve services.vqa:VQAService --port 3002
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 
 from infra.settings import Settings
-from registry.families.vqa import VQAModel
 from services.gateway import gateway
 from services.model_pool import Loaded
 from services.rpc.vision import VQARpc, servicers
 from services.skeleton import ModelService, items_of, json_list, running_service, service_options
 from services.vision_schemas import AnswerOut, per_params, vqa_item
+
+if TYPE_CHECKING:
+    from registry.families.vqa import VQAModel
 
 SETTINGS = Settings()
 LIMITS = SETTINGS.vqa
@@ -34,8 +36,10 @@ Answers = json_list(AnswerOut)
     grpc=servicers(VQARpc, QuestionItem, LIMITS),
 )
 @bentoml.service(**service_options("vlmops-vqa", LIMITS, timeout_s=300))
-class VQAService(ModelService[VQAModel]):
+class VQAService(ModelService["VQAModel"]):
     def __init__(self) -> None:
+        from registry.families.vqa import VQAModel  # the model stack, in the worker only
+
         self.setup(SETTINGS, LIMITS, VQAModel)
 
     @bentoml.api

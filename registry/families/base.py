@@ -10,6 +10,9 @@ from typing import Any, ClassVar, Self
 from infra.errors import ModelFormatError
 
 MANIFEST = "vlmops.json"
+# the grounding services' default: lowest score a detection is kept with (here, apart from the grounding
+# family and its torch, for the request schemas that a service's supervisor imports)
+DEFAULT_THRESHOLD = 0.1
 
 
 class ModelFamily(ABC):

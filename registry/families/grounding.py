@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 from torchvision.ops import batched_nms
 
+from registry.families.base import DEFAULT_THRESHOLD
 from registry.families.hf import HFModel
 
-DEFAULT_THRESHOLD = 0.1  # the services' default: lowest score a detection is kept with
+__all__ = ["DEFAULT_THRESHOLD", "Detection", "Grounder"]
 
 
 @dataclass(frozen=True)
