@@ -27,7 +27,10 @@ demo: setup
 browser:
 	@command -v chromium > /dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: setup k8s-tools browser
+# the app's venv, the k8s tools' venv and Chromium install side by side (they wait on the disk and the registry,
+# not on each other)
+test:
+	$(MAKE) -j3 --no-print-directory setup k8s-tools browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs --durations=25
 

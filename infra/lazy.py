@@ -19,10 +19,10 @@ HEAVY = ("torch", "torchvision", "open_clip", "transformers", "mlflow")
 def lazy_module(name: str) -> ModuleType:
     """The top-level package ``name``, executed at its first attribute access (importlib's ``LazyLoader``);
     the package itself when it is already imported."""
-    if name in sys.modules:
-        return sys.modules[name]
     if "." in name:
         raise ValueError(f"{name!r}: only a top-level package can be imported lazily (its parent would load)")
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None:
         raise ModuleNotFoundError(f"no module named {name!r}", name=name)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -153,6 +155,28 @@ class ServiceProcess:
                 self.port = free_port()
         return self
 
+    @staticmethod
+    def start_together(procs: Sequence[ServiceProcess]) -> None:
+        """Launch every one, then wait for each: their start-ups (a few seconds of imports and loading each)
+        overlap. One whose port was taken meanwhile starts again on another; on any other failure all stop."""
+        marks = [p.log_path.stat().st_size if p.log_path is not None and p.log_path.is_file() else 0 for p in procs]
+        for proc in procs:
+            proc.launch()
+        try:
+            for proc, mark in zip(procs, marks, strict=True):
+                try:
+                    proc.wait_ready()
+                except RuntimeError:
+                    if not (proc._own_port and proc._port_was_taken(mark)):
+                        raise
+                    terminate_group(proc.proc, 20)
+                    proc.port = free_port()
+                    proc.start()
+        except BaseException:
+            for proc in procs:
+                proc.stop()
+            raise
+
     def _port_was_taken(self, since: int) -> bool:
         """Whether the log written since byte ``since`` says the port was in use."""
         if self.log_path is None or not self.log_path.is_file():
@@ -206,6 +230,18 @@ class ServiceProcess:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def running(*procs: ServiceProcess) -> Iterator[tuple[ServiceProcess, ...]]:
+    """``with running(a, b) as (a, b):`` the services started side by side (:meth:`ServiceProcess.start_together`),
+    stopped in reverse order after."""
+    ServiceProcess.start_together(procs)
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
 
 
 class WorkerProcess:

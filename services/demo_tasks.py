@@ -82,9 +82,11 @@ def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int 
         click.echo(f"registry: {info.name} version {info.version} is production ({info.family}, {task})")
     click.echo("starting the captioning, VQA and grounding services (bentoml serve) ...")
     with ExitStack() as stack:
+        procs = [ServiceProcess(task, env=env, log_path=log_dir / f"demo-{task}.log") for task in TASKS]
+        ServiceProcess.start_together(procs)
         clients = {}
-        for task in TASKS:
-            svc = stack.enter_context(ServiceProcess(task, env=env, log_path=log_dir / f"demo-{task}.log"))
+        for task, svc in zip(TASKS, procs, strict=True):
+            stack.callback(svc.stop)
             clients[task] = stack.enter_context(closing(TaskClient(svc.url, api_key=settings.auth.key)))
         examples = Q.held_out(2, 1, seed=seed) + Q.held_out(2, None, seed=seed)
         captions = Q.service_caption(clients["captioning"])([e.image for e in examples])

@@ -162,12 +162,12 @@ def search_stack(
 ) -> Iterator[tuple[RegistryStore, str, str]]:
     """``model`` registered as production of ``name``; embedding and search services running on ``home``
     (with ``env`` besides). Yields (registry, embedding URL, search URL)."""
-    from infra.process import ServiceProcess
+    from infra.process import ServiceProcess, running
 
     store = RegistryStore.from_settings(make_settings(home))
     store.promote(name, store.register(name, model).version)
     env = {"VLMOPS_HOME": str(home), "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000", **(env or {})}
-    with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
-        env["VLMOPS_SEARCH__EMBEDDING_URL"] = emb.url
-        with ServiceProcess("search", env=env, log_path=home / "search.log") as search:
-            yield store, emb.url, search.url
+    emb = ServiceProcess("embedding", env=env, log_path=home / "embedding.log")
+    search_env = env | {"VLMOPS_SEARCH__EMBEDDING_URL": emb.url}  # the search service calls it once ready
+    with running(emb, ServiceProcess("search", env=search_env, log_path=home / "search.log")) as (emb, search):
+        yield store, emb.url, search.url

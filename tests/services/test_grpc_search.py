@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from infra.errors import Conflict, InvalidInput, NotBuilt, NotFound
 from infra.images import encode_png
-from infra.process import ServiceProcess
+from infra.process import ServiceProcess, running
 from infra.toyworld import Split, ToyWorld
 from registry.families.clip import ClipModel
 from registry.store import RegistryStore
@@ -43,10 +43,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, toy_clip: tuple[ClipModel, 
         "VLMOPS_EMBEDDING__MAX_LATENCY_MS": "10000",
         "VLMOPS_SEARCH__MAX_ITEMS": str(CHUNK),
     }
-    with ServiceProcess("embedding", env=env, log_path=home / "embedding.log") as emb:
-        env = env | {"VLMOPS_SEARCH__EMBEDDING_URL": emb.url}
-        with ServiceProcess("search", env=env, log_path=home / "search.log") as search:
-            yield Served(search, home)
+    emb = ServiceProcess("embedding", env=env, log_path=home / "embedding.log")
+    search_env = env | {"VLMOPS_SEARCH__EMBEDDING_URL": emb.url}
+    with running(emb, ServiceProcess("search", env=search_env, log_path=home / "search.log")) as (_, search):
+        yield Served(search, home)
 
 
 @pytest.fixture(scope="module")

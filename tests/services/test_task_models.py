@@ -40,17 +40,15 @@ def served(
         store.promote(name, store.register(name, model, metrics=metrics).version)
         env[f"VLMOPS_{task.upper()}__MAX_LATENCY_MS"] = "10000"
     procs = [ServiceProcess(task, env=env, log_path=home / f"{task}.log") for task in TASKS]
-    clients = {}
+    ServiceProcess.start_together(procs)
+    clients = {task: TaskClient(proc.url) for task, proc in zip(TASKS, procs, strict=True)}
     try:
-        for task, proc in zip(TASKS, procs, strict=True):
-            proc.__enter__()
-            clients[task] = TaskClient(proc.url)
         yield clients
     finally:
         for client in clients.values():
             client.close()
         for proc in procs:
-            proc.__exit__(None, None, None)
+            proc.stop()
 
 
 @pytest.fixture(scope="module")

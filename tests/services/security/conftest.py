@@ -54,14 +54,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "VLMOPS_EMBEDDING__MAX_REQUEST_BYTES": str(MAX_BODY),
     }
     procs = {n: ServiceProcess(n, env=base, log_path=home / f"{n}.log") for n in SERVICES if n != "search"}
-    for proc in procs.values():
-        proc.launch()
+    search_env = base | {"VLMOPS_SEARCH__EMBEDDING_URL": procs["embedding"].url, "VLMOPS_AUTH__KEY": search_key}
+    procs["search"] = ServiceProcess("search", env=search_env, log_path=home / "search.log")
+    ServiceProcess.start_together(list(procs.values()))
     try:
-        procs["embedding"].wait_ready()
-        search_env = base | {"VLMOPS_SEARCH__EMBEDDING_URL": procs["embedding"].url, "VLMOPS_AUTH__KEY": search_key}
-        procs["search"] = ServiceProcess("search", env=search_env, log_path=home / "search.log").start()
-        for proc in procs.values():
-            proc.wait_ready()
         yield Stack(
             {n: p.url for n, p in procs.items()},
             {s: k for s, (k, _) in made.items()},
