@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from infra.errors import InvalidInput, Misconfigured, NotFound
 from infra.lazy import lazy_module
+from infra.locks import file_lock
 from infra.settings import Settings
 from registry.families import ModelFamily, load_model
 
@@ -92,6 +93,11 @@ def _is_not_found(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (``sqlite:////abs/path`` is absolute), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def is_local_location(location: str) -> bool:
     """A ``file:`` URI or a plain path: readable only on the machine (or volume) that wrote it."""
     return urlparse(location).scheme in ("", "file")
@@ -106,7 +112,16 @@ class RegistryStore:
     earlier release under a ``file://`` root is refused with the fix, before anything is logged to it."""
 
     def __init__(self, tracking_uri: str, artifact_location: str | None, cache_dir: Path, shared: bool = False) -> None:
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        db = _sqlite_path(tracking_uri)
+        # the embedded registry: the first client of a new database creates its tables (MLflow's migrations);
+        # processes started side by side on one new home (``vlmops up``) raced to create them and all but one
+        # failed ("table _alembic_tmp_latest_metrics already exists"). Their clients open it one at a time.
+        if db is None:
+            self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        else:
+            with file_lock(db.with_name(db.name + ".lock")):
+                self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                self.client.search_registered_models(max_results=1)  # the registry's store: opened now, too
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
         self.shared = shared

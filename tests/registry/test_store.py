@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,3 +59,20 @@ class TestRegistry:
         with pytest.raises(NotFound):
             store.promote(NAME, "9")
         assert [v.version for v in store.versions(NAME)] == ["1"]
+
+
+def test_processes_opening_one_new_embedded_registry_side_by_side_all_succeed(tmp_path: Path) -> None:
+    """Services started together on a new home (``vlmops up``) each open its sqlite registry: MLflow creates
+    the tables on first open, and four processes racing there failed three times in four before the lock."""
+    home = tmp_path / "new-home"
+    code = (
+        "import sys; from infra.settings import Settings; from registry.store import RegistryStore;"
+        "store = RegistryStore.from_settings(Settings(home=sys.argv[1])); print(store.model_names())"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, [err.decode()[-1500:] for _, err in outs]
+    assert [out.decode().strip() for out, _ in outs] == ["[]"] * 4
