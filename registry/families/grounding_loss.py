@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 
 @dataclass(frozen=True)
@@ -38,36 +38,62 @@ def _corners(boxes: torch.Tensor) -> torch.Tensor:
     return box_convert(boxes, "cxcywh", "xyxy")
 
 
+def pairwise_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GIoU of corner boxes ``a`` and ``b`` (..., 4), broadcast against each other: the terms and their order
+    of ``torchvision.ops.generalized_box_iou``, which gives only an (N, M) table of two lists."""
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a + area_b - inter
+    hull = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0)
+    area_hull = hull[..., 0] * hull[..., 1]
+    return inter / union - (area_hull - union) / area_hull
+
+
 @torch.no_grad()
-def match(logits: torch.Tensor, boxes: torch.Tensor, target: Target, w: LossWeights) -> tuple[list[int], list[int]]:
-    """(patch indices, object indices) of the cheapest one-to-one pairing for one image."""
-    if target.labels.numel() == 0:
-        return [], []
-    prob = logits[:, target.labels].sigmoid()  # (P, n)
+def match_batch(
+    logits: torch.Tensor, boxes: torch.Tensor, targets: Sequence[Target], w: LossWeights
+) -> list[tuple[list[int], list[int]]]:
+    """Per image, (patch indices, object indices) of the cheapest one-to-one pairing. The costs of the whole
+    batch are computed at once (objects padded to the most any image has), then each image is matched."""
+    most = max((len(t.labels) for t in targets), default=0)
+    if most == 0:
+        return [([], []) for _ in targets]
+    labels = torch.zeros(len(targets), most, dtype=torch.long)
+    true = torch.zeros(len(targets), most, 4, dtype=boxes.dtype)
+    true[..., 2:] = 1.0  # padding: a whole-image box, sliced off before matching
+    for b, target in enumerate(targets):
+        labels[b, : len(target.labels)] = target.labels
+        true[b, : len(target.labels)] = target.boxes
+    prob = logits.gather(2, labels[:, None, :].expand(-1, logits.shape[1], -1)).sigmoid()  # (B, P, n)
     cost = (
         -w.cls * prob
-        + w.l1 * torch.cdist(boxes, target.boxes, p=1)
-        - w.giou * generalized_box_iou(_corners(boxes), _corners(target.boxes))
-    )
-    rows, cols = linear_sum_assignment(cost.cpu().numpy())
-    return rows.tolist(), cols.tolist()
+        + w.l1 * torch.cdist(boxes, true, p=1)
+        - w.giou * pairwise_giou(_corners(boxes)[:, :, None], _corners(true)[:, None])
+    ).numpy()
+    out = []
+    for b, target in enumerate(targets):
+        rows, cols = linear_sum_assignment(cost[b, :, : len(target.labels)]) if len(target.labels) else ([], [])
+        out.append((list(rows), list(cols)))
+    return out
 
 
 def grounding_loss(
     logits: torch.Tensor, boxes: torch.Tensor, targets: Sequence[Target], w: LossWeights = LossWeights()
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``logits`` (B, P, Q) and ``boxes`` (B, P, 4, cxcywh) of a batch; returns the loss and its terms."""
+    pairs = match_batch(logits.detach(), boxes.detach(), targets, w)
+    image = torch.tensor([b for b, (rows, _) in enumerate(pairs) for _ in rows], dtype=torch.long)
+    patch = torch.tensor([r for rows, _ in pairs for r in rows], dtype=torch.long)
+    obj_label = torch.cat([t.labels[cols] for t, (_, cols) in zip(targets, pairs, strict=True)])
+    true = torch.cat([t.boxes[cols] for t, (_, cols) in zip(targets, pairs, strict=True)])
     onehot = torch.zeros_like(logits)
-    matched_pred, matched_true = [], []
-    for b, target in enumerate(targets):
-        rows, cols = match(logits[b].detach(), boxes[b].detach(), target, w)
-        onehot[b, rows, target.labels[cols]] = 1.0
-        matched_pred.append(boxes[b, rows])
-        matched_true.append(target.boxes[cols])
+    onehot[image, patch, obj_label] = 1.0
     n_obj = max(1, sum(len(t.labels) for t in targets))
     focal = sigmoid_focal_loss(logits, onehot, alpha=w.focal_alpha, gamma=w.focal_gamma, reduction="sum") / n_obj
-    pred, true = torch.cat(matched_pred), torch.cat(matched_true)
+    pred = boxes[image, patch]
     l1 = F.l1_loss(pred, true, reduction="sum") / n_obj
-    giou = (1 - torch.diag(generalized_box_iou(_corners(pred), _corners(true)))).sum() / n_obj
+    giou = (1 - pairwise_giou(_corners(pred), _corners(true))).sum() / n_obj
     loss = w.cls * focal + w.l1 * l1 + w.giou * giou
     return loss, {"focal": float(focal.detach()), "l1": float(l1.detach()), "giou": float(giou.detach())}

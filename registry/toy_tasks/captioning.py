@@ -28,6 +28,7 @@ from registry.toy_tasks.common import (
     frozen_features,
     optimizer,
     ordered_caption,
+    tokenize_unique,
     train,
     training_samples,
 )
@@ -87,7 +88,7 @@ def train_captioner(
     samples = training_samples(config)
     proc, model = captioner.processor, captioner.model
     pixels = proc.image_processor([s.image for s in samples], return_tensors="pt").pixel_values
-    text = proc.tokenizer([ordered_caption(s) for s in samples], padding=True, return_tensors="pt")
+    text = tokenize_unique(proc.tokenizer, [ordered_caption(s) for s in samples])
     labels = text.input_ids.masked_fill(text.attention_mask == 0, -100)
     encoder = model.git.image_encoder
     frozen = tower is not None and FREEZE_TOWER

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,16 @@ def ordered_caption(sample: ToySample) -> str:
     place asks the decoder for positions the image tokens hardly carry (measured: 0.28 and 0.23 of 2–3-object
     captions named every object, against 0.39 in this order, with the same steps)."""
     return caption_for(tuple(sorted(sample.objects, key=lambda o: (o.colour, o.shape))))
+
+
+def tokenize_unique(tokenizer: T.PreTrainedTokenizerBase, texts: Sequence[str]) -> T.BatchEncoding:
+    """``tokenizer(texts, padding=True)`` as tensors, each distinct text tokenized once: the toy world's texts
+    repeat (106,000 questions hold a few hundred distinct ones) and the word-level tokenizer is pure Python."""
+    distinct = sorted(set(texts))
+    where = {text: i for i, text in enumerate(distinct)}
+    rows = torch.tensor([where[t] for t in texts])
+    encoded = tokenizer(distinct, padding=True, return_tensors="pt")
+    return T.BatchEncoding({key: value[rows] for key, value in encoded.items()})
 
 
 def optimizer(model: nn.Module, vision: nn.Module, config: TaskTrainConfig) -> torch.optim.AdamW:

@@ -29,6 +29,7 @@ from registry.toy_tasks.common import (
     distil_tower,
     frozen_features,
     optimizer,
+    tokenize_unique,
     tower_features,
     train,
     training_samples,
@@ -88,8 +89,8 @@ def train_vqa(
     pixels = proc.image_processor([s.image for s in samples], return_tensors="pt").pixel_values
     rows = [(i, qa.question, qa.answer) for i, s in enumerate(samples) for qa in s.qa]
     image_of = torch.tensor([i for i, _, _ in rows])
-    questions = proc.tokenizer([q for _, q, _ in rows], padding=True, return_tensors="pt")
-    answers = proc.tokenizer([a for _, _, a in rows], padding=True, return_tensors="pt").input_ids
+    questions = tokenize_unique(proc.tokenizer, [q for _, q, _ in rows])
+    answers = tokenize_unique(proc.tokenizer, [a for _, _, a in rows]).input_ids
     answers[:, 0] = model.decoder_start_token_id  # BLIP's answers start with [DEC], not [CLS]
     encoder = model.vision_model
     metrics: dict[str, float] = {}
