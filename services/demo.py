@@ -136,14 +136,12 @@ def run_demo(settings: Settings, seed: int = 0, finetune: bool = True) -> int:
         env["OMP_NUM_THREADS"] = "1"  # beside it, the services and the worker on one thread each (see start_training)
     try:
         acc, p_at_10, gain = _clip_demo(settings, env, log_path, seed, finetune)
+        click.echo("\ncaptioning, VQA and grounding: the toy task models, through their services")
         if training is not None:
-            click.echo("\nwaiting for the toy task models' training ...")
-            if training.wait() != 0:
-                raise click.ClickException(f"training the toy task models failed: see {home}/demo-training.log")
+            click.echo("waiting for the toy task models' training: each service starts when its model is ready ...")
+        figures = task_demo(settings, task_env, home, seed, training)
     finally:
         terminate_group(training, 30)
-    click.echo("\ncaptioning, VQA and grounding: the toy task models, through their services")
-    figures = task_demo(settings, task_env, home, seed)
     tasks_ok = not failed_acceptance(figures)
     click.echo(f"\nservices stopped; demo took {time.perf_counter() - t0:.0f} s")
     click.echo(

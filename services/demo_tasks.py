@@ -7,7 +7,8 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from registry import task_quality as Q
 from registry.families.clip import ClipModel
 from registry.families.grounding import DEFAULT_THRESHOLD
 from registry.store import RegistryStore, VersionInfo
-from registry.toy_tasks import TASKS, ensure_task_production
+from registry.toy_tasks import TASKS, ensure_task_production, is_cached
 from registry.toy_tasks.common import Progress
 
 SERVICES = {"captioning": "/caption", "vqa": "/answer", "grounding": "/ground"}
@@ -57,14 +58,42 @@ def toy_clip_ref(settings: Settings, seed: int = 0) -> str:
     return f"toy CLIP (dataset {toy_hash})"
 
 
-def ensure_task_models(settings: Settings, seed: int = 0) -> dict[str, VersionInfo]:
-    """Production of each task's model is its toy model (trained on first use, about 2–3 minutes each)."""
+def _production(settings: Settings, task: str, seed: int = 0) -> VersionInfo:
+    """Production of the task's model is its toy model (trained on first use, about 2–3 minutes each)."""
     from services.demo import ensure_toy_clip
 
     def clip() -> tuple[ClipModel, str]:
         return ensure_toy_clip(settings, seed)[0], toy_clip_ref(settings, seed)
 
-    return {task: ensure_task_production(settings, task, clip, seed) for task in TASKS}
+    return ensure_task_production(settings, task, clip, seed)
+
+
+def serve_as_ready(
+    settings: Settings,
+    seed: int,
+    training: subprocess.Popen[bytes] | None,
+    start: Callable[[list[str]], None],
+    poll_s: float = 1.0,
+) -> dict[str, VersionInfo]:
+    """Make each task's toy model production and ``start`` its service as soon as the model is trained: the
+    grounder's while the captioner and the VQA model still train (``training``, :func:`start_training`), the
+    captioner's while the VQA model does. Every model at once when nothing trains."""
+    versions: dict[str, VersionInfo] = {}
+    pending = list(TASKS)
+    while pending:
+        done = training is None or training.poll() is not None
+        if training is not None and done and training.returncode != 0:
+            raise click.ClickException(f"training the toy task models failed: see {settings.home}/demo-training.log")
+        ready = [t for t in pending if done or is_cached(settings, t, seed)]
+        if not ready:
+            time.sleep(poll_s)
+            continue
+        for task in ready:
+            info = versions[task] = _production(settings, task, seed)
+            click.echo(f"registry: {info.name} version {info.version} is production ({info.family}, {task})")
+        start(ready)
+        pending = [t for t in pending if t not in ready]
+    return versions
 
 
 def _iou_of_label(client: TaskClient, example: Q.Example) -> tuple[str, float]:
@@ -74,20 +103,28 @@ def _iou_of_label(client: TaskClient, example: Q.Example) -> tuple[str, float]:
     return label, Q.iou(best.box, box) if best.box is not None else 0.0
 
 
-def task_demo(settings: Settings, env: dict[str, str], log_dir: Path, seed: int = 0) -> dict[str, float]:
-    """Start the three services, print a table of a few toy images through them and the versions' held-out
-    figures; returns the figures."""
-    versions = ensure_task_models(settings, seed)
-    for task, info in versions.items():
-        click.echo(f"registry: {info.name} version {info.version} is production ({info.family}, {task})")
-    click.echo("starting the captioning, VQA and grounding services (bentoml serve) ...")
+def task_demo(
+    settings: Settings,
+    env: dict[str, str],
+    log_dir: Path,
+    seed: int = 0,
+    training: subprocess.Popen[bytes] | None = None,
+) -> dict[str, float]:
+    """Start the three services (each as soon as its model is trained, while ``training`` runs), print a table
+    of a few toy images through them and the versions' held-out figures; returns the figures."""
     with ExitStack() as stack:
-        procs = [ServiceProcess(task, env=env, log_path=log_dir / f"demo-{task}.log") for task in TASKS]
-        ServiceProcess.start_together(procs)
-        clients = {}
-        for task, svc in zip(TASKS, procs, strict=True):
-            stack.callback(svc.stop)
-            clients[task] = stack.enter_context(closing(TaskClient(svc.url, api_key=settings.auth.key)))
+        procs: dict[str, ServiceProcess] = {}
+
+        def start(tasks: list[str]) -> None:
+            click.echo(f"starting the {', '.join(tasks)} service{'s' if len(tasks) > 1 else ''} (bentoml serve) ...")
+            batch = [ServiceProcess(t, env=env, log_path=log_dir / f"demo-{t}.log") for t in tasks]
+            ServiceProcess.start_together(batch)
+            for task, svc in zip(tasks, batch, strict=True):
+                stack.callback(svc.stop)
+                procs[task] = svc
+
+        versions = serve_as_ready(settings, seed, training, start)
+        clients = {t: stack.enter_context(closing(TaskClient(procs[t].url, api_key=settings.auth.key))) for t in TASKS}
         examples = Q.held_out(2, 1, seed=seed) + Q.held_out(2, None, seed=seed)
         captions = Q.service_caption(clients["captioning"])([e.image for e in examples])
         head = f"{'true caption':<50} {'generated caption':<50} {'question':<30} {'answer (truth)':<18} grounding"
