@@ -57,7 +57,7 @@ def ordered_caption(sample: ToySample) -> str:
 
 def tokenize_unique(tokenizer: T.PreTrainedTokenizerBase, texts: Sequence[str]) -> T.BatchEncoding:
     """``tokenizer(texts, padding=True)`` as tensors, each distinct text tokenized once: the toy world's texts
-    repeat (106,000 questions hold a few hundred distinct ones) and the word-level tokenizer is pure Python."""
+    repeat (the VQA model's 106,366 questions hold 35 distinct ones) and the word-level tokenizer is pure Python."""
     distinct = sorted(set(texts))
     where = {text: i for i, text in enumerate(distinct)}
     rows = torch.tensor([where[t] for t in texts])
